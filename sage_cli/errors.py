@@ -1,0 +1,20 @@
+"""Errors meant for the user: one sentence, no traceback, exit code 2."""
+
+
+class UserError(ValueError):
+    """Bad input (recipe, path, option). The CLI prints the message alone and exits with code 2.
+
+    A ValueError, so pydantic validators that look names up in a registry report it like any other
+    field error (with the file and line).
+    """
+
+    exit_code = 2
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the run is marked FAILED."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}; the run was stopped and marked FAILED")
+        self.step = step
+        self.value = value

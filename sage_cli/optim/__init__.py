@@ -1,0 +1,67 @@
+"""Update rules, all with one API: ``opt.step(closure)``, where the closure returns the per-distribution
+losses of one forward pass, and ``opt.stats`` afterwards.
+
+    from sage_cli.optim import SAGE
+    opt = SAGE(model.parameters(), torch.optim.Adam, rho=1e-6, gamma=1e-6, lr=1e-6, model=model)
+    opt.step(lambda: per_env_losses(model, batches))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..registry import Registry
+from .base import SinglePassOptimizer, TwoPassOptimizer
+from .muon import MuonWithAdam
+from .polar import polar
+from .sage import SAGE
+from .sam import ASAM, SAM
+
+__all__ = ["SAGE", "SAM", "ASAM", "MuonWithAdam", "SinglePassOptimizer", "TwoPassOptimizer", "polar",
+           "BASE_OPTIMIZERS", "METHODS", "build_optimizer"]
+
+BASE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+# method name -> builder(params, base class, settings, base kwargs, model, seed)
+METHODS: Registry = Registry("optimizer method")
+
+
+def _base_kwargs(cfg) -> dict:
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.base == "sgd":
+        kwargs["momentum"] = cfg.momentum
+    return kwargs
+
+
+@METHODS.register("erm")
+def _erm(params, cfg, model, seed):
+    return SinglePassOptimizer(params, BASE_OPTIMIZERS[cfg.base], model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("sam")
+def _sam(params, cfg, model, seed):
+    return SAM(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("asam")
+def _asam(params, cfg, model, seed):
+    return ASAM(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, eta=cfg.eta, model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("sage")
+def _sage(params, cfg, model, seed):
+    return SAGE(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, gamma=cfg.gamma, polar=cfg.polar,
+                ns_steps=cfg.ns_steps, scale_by_weight_norm=cfg.scale_by_weight_norm, bias_rule=cfg.bias_rule,
+                noise=cfg.noise, seed=seed, model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("muon")
+def _muon(params, cfg, model, seed):
+    return SinglePassOptimizer(params, MuonWithAdam, model=model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               ns_steps=cfg.ns_steps)
+
+
+def build_optimizer(model: torch.nn.Module, cfg, seed: int):
+    """The optimizer a recipe's ``optimizer:`` section names, over all trainable parameters of ``model``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return METHODS.get(cfg.method)(params, cfg, model, seed)

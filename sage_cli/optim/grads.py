@@ -1,0 +1,84 @@
+"""Per-distribution gradients and their agreement (Alg. 1, phases 1–2)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+def as_loss_vector(losses: torch.Tensor) -> torch.Tensor:
+    """The K per-distribution losses as a 1-D tensor; a 0-d loss means K = 1."""
+    if not isinstance(losses, torch.Tensor):
+        raise TypeError(f"losses must be a tensor, got {type(losses).__name__}")
+    if losses.ndim > 1:
+        raise ValueError(f"losses must be 0-d or 1-D (one per distribution), got shape {tuple(losses.shape)}")
+    return losses.reshape(-1)
+
+
+def loss_weights(losses: torch.Tensor, weights=None) -> torch.Tensor:
+    """w_k: equal by default, else the given weights (e.g. sample counts n_k) normalised to sum to one."""
+    K = losses.numel()
+    if weights is None:
+        return torch.full((K,), 1.0 / K, dtype=losses.dtype, device=losses.device)
+    w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device).reshape(-1)
+    if w.numel() != K:
+        raise ValueError(f"got {w.numel()} weights for {K} losses")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be non-negative and not all zero")
+    return w / w.sum()
+
+
+def grads_of(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = False) -> list:
+    """∇ loss for each parameter; zeros where the loss does not depend on it."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def per_distribution_grads(losses: torch.Tensor, params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """g_k = ∇L_k for every k, from the one forward that produced ``losses``."""
+    K = losses.numel()
+    return [grads_of(losses[k], params, retain_graph=k < K - 1) for k in range(K)]
+
+
+def flatten(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1).float() for g in grads])
+
+
+def mean_pairwise_cosine(per_dist: list[list[torch.Tensor]]) -> float:
+    """S = 2/(K(K−1)) Σ_{i<j} cos(g_i, g_j) over the full flattened parameter vector; S = 1 when K = 1."""
+    K = len(per_dist)
+    if K < 2:
+        return 1.0
+    G = torch.stack([flatten(g) for g in per_dist])
+    G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    cos = G @ G.T
+    iu = torch.triu_indices(K, K, offset=1)
+    return float(cos[iu[0], iu[1]].mean())
+
+
+def global_norm(tensors) -> float:
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+
+
+@contextmanager
+def frozen_norm_stats(model):
+    """Keep BatchNorm running statistics exactly as they were (the second forward must not move them)."""
+    if model is None:
+        yield
+        return
+    saved = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            saved.append((m, {k: getattr(m, k).clone() for k in ("running_mean", "running_var", "num_batches_tracked")
+                              if getattr(m, k, None) is not None}))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in saved:
+                for name, value in buffers.items():
+                    getattr(m, name).copy_(value)

@@ -1,0 +1,121 @@
+"""SAGE: Spectral-Aware Gradient-Aligned Exploration (arXiv 2605.07914, Alg. 1 in App. H).
+
+Ascent: for every parameter with ndim ≥ 2, ε_W = ρ‖W‖_F · polar(G) (G the aggregate gradient, conv kernels
+viewed as out × rest); for 1-D parameters the ``bias_rule``. Descent: the gradient at θ+ε plus β·ξ with
+β = max(γ(1 − S), 0), S the mean pairwise cosine of the per-distribution gradients, ξ ~ N(0, I) from the
+optimizer's own seeded generator (so a run is reproducible and resumable).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import TwoPassOptimizer, _check_non_negative
+from .grads import mean_pairwise_cosine, per_distribution_grads
+from .polar import METHODS, polar
+
+BIAS_RULES = ("sam", "scaled", "none")
+POLAR_CHOICES = METHODS + ("none",)
+
+
+class SAGE(TwoPassOptimizer):
+    per_distribution = True
+
+    def __init__(
+        self,
+        params,
+        base_optimizer=torch.optim.Adam,
+        rho: float = 1e-6,
+        gamma: float = 1e-6,
+        polar: str = "quintic",
+        ns_steps: int = 5,
+        scale_by_weight_norm: bool = True,
+        bias_rule: str = "sam",
+        noise: bool = True,
+        seed: int | None = None,
+        model=None,
+        **base_kwargs,
+    ):
+        """
+        polar: ``quintic`` (Muon, default), ``cubic`` (Eq. 7), ``svd`` (exact), ``polar_express``, or
+            ``none`` for the Fig. 3 "no Newton–Schulz" ablation (ε_W = ρ‖W‖_F · G/‖G‖_F).
+        scale_by_weight_norm: False is the "no scaling" ablation (ε_W = ρ · polar(G)).
+        bias_rule: 1-D parameters: ``sam`` (ρ g/‖g‖, Alg. 1), ``scaled`` (ρ‖b‖ g/‖g‖, scale invariant,
+            reference-facts §3), ``none`` (left unperturbed).
+        noise: False (or γ = 0) is the "no noise" ablation.
+        """
+        _check_non_negative(gamma=gamma)
+        if polar not in POLAR_CHOICES:
+            raise ValueError(f"unknown polar method '{polar}'; choose from {', '.join(POLAR_CHOICES)}")
+        if bias_rule not in BIAS_RULES:
+            raise ValueError(f"unknown bias_rule '{bias_rule}'; choose from {', '.join(BIAS_RULES)}")
+        if ns_steps < 1:
+            raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
+        settings = dict(gamma=gamma, polar=polar, ns_steps=ns_steps, scale_by_weight_norm=scale_by_weight_norm,
+                        bias_rule=bias_rule, noise=noise)
+        super().__init__(params, base_optimizer, rho=rho, model=model, defaults=settings, **base_kwargs)
+        self.gamma, self.polar, self.ns_steps = gamma, polar, ns_steps
+        self.scale_by_weight_norm, self.bias_rule, self.noise = scale_by_weight_norm, bias_rule, noise
+        if seed is None:  # derived from torch's global RNG, so torch.manual_seed makes runs repeatable
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = int(seed)
+        self._generators: dict[str, torch.Generator] = {}
+        self._beta = 0.0
+
+    # --- ascent ----------------------------------------------------------------------------------
+    def aggregate(self, losses, weights, params):
+        if losses.numel() == 1:
+            grads, agreement = super().aggregate(losses, weights, params)[0], 1.0
+        else:
+            per_dist = per_distribution_grads(losses, params)
+            grads = [sum(float(w) * g[i] for w, g in zip(weights, per_dist)) for i in range(len(params))]
+            agreement = mean_pairwise_cosine(per_dist)
+        gamma = self.gamma if self.noise else 0.0
+        self._beta = max(gamma * (1.0 - agreement), 0.0)
+        return grads, {"agreement": agreement, "noise_scale": self._beta}
+
+    def _direction(self, g: torch.Tensor) -> torch.Tensor:
+        if self.polar == "none":
+            return g / g.norm().clamp_min(1e-12)
+        return polar(g, self.polar, self.ns_steps)
+
+    @torch.no_grad()
+    def perturbations(self, params, grads):
+        eps = []
+        for p, g in zip(params, grads):
+            if p.ndim >= 2:
+                radius = self.rho * p.norm() if self.scale_by_weight_norm else self.rho
+                eps.append(radius * self._direction(g))
+            elif self.bias_rule == "none":
+                eps.append(None)
+            else:
+                radius = self.rho * p.norm() if self.bias_rule == "scaled" else self.rho
+                eps.append(radius * g / g.norm().clamp_min(1e-12))
+        return eps
+
+    # --- descent noise ---------------------------------------------------------------------------
+    def descent_noise_scale(self) -> float:
+        return self._beta
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            self._generators[key] = gen
+        return self._generators[key]
+
+    def noise_like(self, p: torch.Tensor) -> torch.Tensor:
+        return torch.randn(p.shape, generator=self._generator(p.device), device=p.device, dtype=p.dtype)
+
+    # --- state -----------------------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {"seed": self.seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self.seed = int(state.get("seed", self.seed))
+        self._generators = {}
+        for key, gen_state in state.get("generators", {}).items():
+            gen = torch.Generator(device=key)
+            gen.set_state(gen_state)
+            self._generators[key] = gen

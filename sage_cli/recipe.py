@@ -1,0 +1,286 @@
+"""Recipes: YAML → validated ``Recipe`` (pydantic) → canonical hash (the run's identity).
+
+Errors name the file, the line and the dotted key, with a "did you mean" for misspelt keys and names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+from .registry import did_you_mean
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-6 as a float (YAML 1.1 wants 1.0e-6, which nobody writes)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value, read as YAML would read it (numbers, booleans, lists)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+# ------------------------------------------------------------------------------------------- schema
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Section):
+    name: str = "rotated_digits"
+    root: str | None = None
+    test_envs: list[int] = Field(default_factory=lambda: [0])
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from .data import DATASETS
+
+        DATASETS.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _envs_in_range(self):
+        from .data import DATASETS
+
+        n = len(DATASETS.get(self.name).ENVIRONMENTS)
+        for env in self.test_envs:
+            if not 0 <= env < n:
+                raise ValueError(f"test env {env} is out of range: {self.name} has envs 0..{n - 1}")
+        if len(set(self.test_envs)) >= n:
+            raise ValueError(f"every env of {self.name} is a test env: nothing is left to train on")
+        return self
+
+
+class BackboneConfig(_Section):
+    name: str = "small_cnn"
+    pretrained: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from .models import MODELS
+
+        MODELS.get(v)
+        return v
+
+
+class ObjectiveConfig(_Section):
+    name: str = "erm"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from .objectives import OBJECTIVES
+
+        OBJECTIVES.get(v)
+        return v
+
+
+# Each method's radius when the recipe gives none: SAGE at the paper's DG value, SAM/ASAM at their papers'.
+DEFAULT_RHO = {"sage": 1e-6, "sam": 0.05, "asam": 0.5, "erm": 0.0, "muon": 0.0}
+
+
+class OptimizerConfig(_Section):
+    method: str = "sage"
+    base: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    rho: float | None = Field(None, ge=0)
+    gamma: float = Field(1e-6, ge=0)
+    polar: Literal["quintic", "cubic", "svd", "polar_express", "none"] = "quintic"
+    ns_steps: int = Field(5, ge=1)
+    scale_by_weight_norm: bool = True
+    bias_rule: Literal["sam", "scaled", "none"] = "sam"
+    noise: bool = True
+    eta: float = Field(0.01, ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v):
+        from .optim import METHODS
+
+        METHODS.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_rho(self):
+        if self.rho is None:
+            self.rho = DEFAULT_RHO[self.method]
+        return self
+
+
+class TrainingConfig(_Section):
+    steps: int = Field(5001, gt=0)
+    batch_size: int = Field(32, gt=0)
+    checkpoint_freq: int = Field(300, gt=0)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None
+    experiment: str = "sage"
+
+
+class Recipe(_Section):
+    name: str | None = None
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    # ------------------------------------------------------------------ identity and views
+    def identity(self) -> dict:
+        """What defines the experiment: everything but where it is logged and what it is called."""
+        return self.model_dump(mode="json", exclude={"tracking", "name"})
+
+    def hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        return flatten_dict(self.model_dump(mode="json"))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _key_lines(node, path=(), lines=None, source="") -> dict[tuple, int]:
+    """Line (1-based) of every key path in a composed YAML tree; duplicate keys are errors."""
+    lines = {} if lines is None else lines
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise UserError(f"{source}:{line}: {'.'.join((*path, key))}: key given twice")
+            seen.add(key)
+            lines[(*path, key)] = line
+            _key_lines(value_node, (*path, key), lines, source)
+    return lines
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    model: Any = Recipe
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        hint = did_you_mean(loc[-1], parent.model_fields) if parent else ""
+        return f"unknown key{hint}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(
+        err["input"], (dict, list)
+    ):
+        msg = f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {dotted}: '{part}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise UserError(f"--set '{item}': expected KEY=VALUE, e.g. --set optimizer.rho=1e-5")
+        overrides[key.strip()] = parse_value(value)
+    return overrides
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, override and validate a recipe; any problem is a one-line ``UserError``."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise UserError(f"{source}: recipe file not found")
+    text = path.read_text()
+    try:
+        tree = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{source}{where}: malformed YAML: {problem}") from None
+    if data is None:
+        raise UserError(f"{source}: the recipe is empty; see recipes/quickstart.yaml for the format")
+    if not isinstance(data, dict):
+        raise UserError(f"{source}:1: a recipe must be a mapping of sections (dataset, optimizer, ...), "
+                        f"not a {type(data).__name__}")
+    lines = _key_lines(tree, source=source)
+    overrides = overrides or {}
+    for dotted, value in overrides.items():
+        _set_path(data, dotted, value)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc)
+        if any(dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".") for k in overrides):
+            where = f"--set {dotted}"
+        else:
+            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+            where = f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
+        raise UserError(f"{where}: {_describe(err)}") from None
+    except UserError as exc:  # a registry lookup outside pydantic's wrapping
+        raise UserError(f"{source}: {exc}") from None
+
