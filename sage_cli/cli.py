@@ -46,14 +46,15 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Trial seed (training.seed)."),
     test_env: Optional[int] = typer.Option(None, "--test-env", help="Held-out environment index."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an unfinished checkpoint instead of resuming."),
 ):
-    """Train one recipe and record it as one MLflow run."""
+    """Train one recipe and record it as one MLflow run (an interrupted run resumes where it stopped)."""
     try:
         resolved = _load(recipe, set_, seed, test_env)
         from .errors import TrainingDiverged
         from .train.runner import run_recipe
 
-        outcome = run_recipe(resolved)
+        outcome = run_recipe(resolved, restart=restart)
     except UserError as exc:
         _fail(str(exc))
     except TrainingDiverged as exc:

@@ -49,8 +49,10 @@ class _Section(BaseModel):
 class DatasetConfig(_Section):
     name: str = "rotated_digits"
     root: str | None = None
-    test_envs: list[int] = Field(default_factory=lambda: [0])
+    test_envs: list[int] = Field(default_factory=lambda: [0], min_length=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    image_size: int = Field(224, gt=0)  # image datasets on disk
+    corrupt_images: Literal["fail", "skip"] = "fail"
 
     @field_validator("name")
     @classmethod
@@ -75,7 +77,11 @@ class DatasetConfig(_Section):
 
 class BackboneConfig(_Section):
     name: str = "small_cnn"
-    pretrained: str | None = None
+    pretrained: str | None = None  # open_clip tag or a local weights file; null = random init
+    model: str | None = None  # open_clip architecture (clip): ViT-B-16 by default
+    head: Literal["linear", "zeroshot"] = "linear"
+    prompt: str = "a photo of a {c}."
+    freeze_bn: bool = False  # resnet50: BatchNorm statistics frozen, as in DomainBed
 
     @field_validator("name")
     @classmethod
@@ -88,6 +94,7 @@ class BackboneConfig(_Section):
 
 class ObjectiveConfig(_Section):
     name: str = "erm"
+    hparams: dict[str, float | int | bool | str] = Field(default_factory=dict)  # e.g. {lambda: 1.0}
 
     @field_validator("name")
     @classmethod
@@ -138,6 +145,10 @@ class TrainingConfig(_Section):
     checkpoint_freq: int = Field(300, gt=0)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # per_env: batch_size from every training env each step (DomainBed); uniform: batch_size in all, each
+    # image's env drawn uniformly (the paper's "batch 12 sampled uniformly across source domains")
+    batch_sampling: Literal["per_env", "uniform"] = "per_env"
+    output_dir: str = "runs"  # checkpoints for resume: <output_dir>/<recipe hash>/
 
 
 class TrackingConfig(_Section):
@@ -156,8 +167,9 @@ class Recipe(_Section):
 
     # ------------------------------------------------------------------ identity and views
     def identity(self) -> dict:
-        """What defines the experiment: everything but where it is logged and what it is called."""
-        return self.model_dump(mode="json", exclude={"tracking", "name"})
+        """What defines the experiment: everything but its name and where it runs, logs and saves."""
+        return self.model_dump(mode="json", exclude={"tracking": True, "name": True,
+                                                     "training": {"device", "output_dir"}})
 
     def hash(self) -> str:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))

@@ -6,4 +6,4 @@ from ..registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 
-from . import digits  # noqa: E402,F401  (registers rotated_digits)
+from . import digits, domainbed  # noqa: E402,F401  (registers the datasets)

@@ -10,9 +10,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from . import DATASETS
+from .splits import TensorEnv
 
 SIZE = 16
 DEAL_SEED = 0  # the dealing is part of the dataset's definition, the same for every trial
@@ -32,7 +32,7 @@ class RotatedDigits:
     N_CLASSES = 10
     INPUT_SHAPE = (1, SIZE, SIZE)
 
-    def __init__(self, root=None):
+    def __init__(self, root=None, **_):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -43,6 +43,6 @@ class RotatedDigits:
         images, labels = images[order], labels[order]
         n = len(self.ENVIRONMENTS)
         self.datasets = [
-            TensorDataset(rotate(images[i::n], float(angle)), labels[i::n])
+            TensorEnv(rotate(images[i::n], float(angle)), labels[i::n])
             for i, angle in enumerate(self.ENVIRONMENTS)
         ]

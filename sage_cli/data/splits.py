@@ -1,11 +1,15 @@
-"""DomainBed's per-environment splits and infinite samplers."""
+"""Environments, DomainBed's per-environment splits, and resumable infinite samplers.
+
+An environment is anything with ``labels`` (a LongTensor), ``len()`` and ``load(i, train, seed) -> (x, y)``;
+in-memory ones may also offer ``batch(indices)``, a fast path.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset, Subset
 
 
 def seed_hash(*args) -> int:
@@ -13,27 +17,66 @@ def seed_hash(*args) -> int:
     return int(hashlib.md5(str(args).encode()).hexdigest(), 16) % (2**31)
 
 
-def split_env(dataset: Dataset, holdout_fraction: float, seed: int) -> tuple[Subset, Subset]:
+class TensorEnv:
+    """An environment held in memory as two tensors (no augmentation)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.labels = x, y
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int, train: bool = False, seed: int = 0):
+        return self.x[i], self.labels[i]
+
+    def batch(self, indices: torch.Tensor):
+        return self.x[indices], self.labels[indices]
+
+
+def load_batch(env, indices: torch.Tensor, train: bool, seeds: torch.Tensor | None = None):
+    if hasattr(env, "batch"):
+        return env.batch(indices)
+    seeds = seeds if seeds is not None else torch.zeros(len(indices), dtype=torch.long)
+    items = [env.load(int(i), train, int(s)) for i, s in zip(indices, seeds)]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items], dtype=torch.long)
+
+
+@dataclass
+class Split:
+    env: object
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, batch_size: int = 256):
+        """The whole split in order, untransformed for training (evaluation transform)."""
+        for i in range(0, len(self.indices), batch_size):
+            yield load_batch(self.env, self.indices[i:i + batch_size], train=False)
+
+
+def split_env(env, holdout_fraction: float, seed: int) -> tuple[Split, Split]:
     """(out, in): a seeded ``holdout_fraction`` of the env held out for validation, the rest to train on."""
-    n = len(dataset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_out = int(n * holdout_fraction)
-    return Subset(dataset, order[:n_out]), Subset(dataset, order[n_out:])
-
-
-def materialise(subset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (x, y) of a small in-memory dataset as two tensors."""
-    xs, ys = zip(*(subset[i] for i in range(len(subset))))
-    return torch.stack(xs), torch.as_tensor(ys)
+    order = torch.randperm(len(env), generator=torch.Generator().manual_seed(seed))
+    n_out = int(len(env) * holdout_fraction)
+    return Split(env, order[:n_out]), Split(env, order[n_out:])
 
 
 class InfiniteSampler:
-    """Mini-batches drawn with replacement from one env, from its own generator (resumable state)."""
+    """Mini-batches drawn with replacement from one split, from its own generator (resumable state)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
-        self.x, self.y, self.batch_size = x, y, batch_size
+    def __init__(self, split: Split, batch_size: int, seed: int):
+        self.split, self.batch_size = split, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(self.y), (self.batch_size,), generator=self.generator)
-        return self.x[idx], self.y[idx]
+    def next(self, n: int | None = None):
+        n = self.batch_size if n is None else n
+        positions = torch.randint(len(self.split), (n,), generator=self.generator)
+        seeds = torch.randint(2**31 - 1, (n,), generator=self.generator)  # per-item augmentation seeds
+        return load_batch(self.split.env, self.split.indices[positions], train=True, seeds=seeds)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import MODELS
+from . import MODELS, Classifier
 
 
 @MODELS.register("small_cnn")
-def small_cnn(input_shape, n_classes: int, cfg=None) -> nn.Module:
+def small_cnn(input_shape, n_classes: int, cfg=None, classes=None) -> Classifier:
     channels = input_shape[0]
 
     def block(c_in, c_out, stride):
@@ -18,4 +18,4 @@ def small_cnn(input_shape, n_classes: int, cfg=None) -> nn.Module:
         *block(channels, 16, 1), *block(16, 32, 2), *block(32, 64, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     )
-    return nn.Sequential(featurizer, nn.Linear(64, n_classes))
+    return Classifier(featurizer, nn.Linear(64, n_classes), 64)

@@ -1,7 +1,10 @@
-"""DG objectives, one registry entry each: ``losses(model, xs, ys) -> tensor of K per-env losses``.
+"""DG objectives, one short module each, registered by name.
 
-All envs go through one forward over their concatenation (Alg. 1, line 4); the objective then splits
-the logits back per env."""
+An objective turns one step's per-env batches into the K per-env losses the optimizer sees. All envs go
+through one forward over their concatenation (Alg. 1, line 4). A penalty shared by all envs (VREx's
+variance, CORAL's covariance gaps, …) is added to every env's loss, so the weighted mean of the K losses is
+the objective's total loss and any optimizer (Adam, SAM, SAGE, …) can minimise it.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +16,51 @@ from ..registry import Registry
 OBJECTIVES: Registry = Registry("objective")
 
 
-def forward_per_env(model, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    logits = model(torch.cat(xs))
-    return list(torch.split(logits, [len(x) for x in xs]))
+def concat_forward(model, xs: list[torch.Tensor]):
+    """(features, logits), each split back per env."""
+    sizes = [len(x) for x in xs]
+    features = model.featurizer(torch.cat(xs))
+    logits = model.classifier(features)
+    return list(torch.split(features, sizes)), list(torch.split(logits, sizes))
+
+
+def env_weights(losses_like: list, weights) -> torch.Tensor:
+    if weights is None:
+        return torch.full((len(losses_like),), 1.0 / len(losses_like))
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    return w / w.sum()
+
+
+class Objective:
+    """Base: no state, no extra parameters. ``hparams`` come from the recipe's ``objective:`` section."""
+
+    def __init__(self, model, n_envs: int, cfg=None, n_classes: int | None = None):
+        self.n_envs, self.n_classes = n_envs, n_classes
+        self.hparams = dict(cfg.hparams) if cfg is not None and getattr(cfg, "hparams", None) else {}
+
+    def hp(self, name: str, default):
+        return type(default)(self.hparams.get(name, default))
+
+    def losses(self, model, xs, ys, weights=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 @OBJECTIVES.register("erm")
-class ERM:
-    """Empirical risk: the mean cross-entropy of each env (their weighted mean is the ERM loss)."""
+class ERM(Objective):
+    """Empirical risk: each env's mean cross-entropy (their weighted mean is the ERM loss)."""
 
-    def __init__(self, n_envs: int, cfg=None):
-        self.n_envs = n_envs
-
-    def losses(self, model, xs, ys) -> torch.Tensor:
-        logits = forward_per_env(model, xs)
+    def losses(self, model, xs, ys, weights=None):
+        _, logits = concat_forward(model, xs)
         return torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, ys)])

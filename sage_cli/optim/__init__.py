@@ -61,7 +61,8 @@ def _muon(params, cfg, model, seed):
                                ns_steps=cfg.ns_steps)
 
 
-def build_optimizer(model: torch.nn.Module, cfg, seed: int):
-    """The optimizer a recipe's ``optimizer:`` section names, over all trainable parameters of ``model``."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: torch.nn.Module, cfg, seed: int, extra=()):
+    """The optimizer a recipe's ``optimizer:`` section names, over all trainable parameters of ``model``
+    (and ``extra`` ones, e.g. an objective's own modules)."""
+    params = [p for p in model.parameters() if p.requires_grad] + [p for p in extra if p.requires_grad]
     return METHODS.get(cfg.method)(params, cfg, model, seed)

@@ -20,16 +20,31 @@ def resolve_tracking_uri(recipe_uri: str | None) -> str:
 class MlflowRun:
     """A thin owner of one run: params, tags, metrics per step, artifacts, terminal status."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None, tags: dict[str, str]):
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
+                 resume_run_id: str | None = None):
+        """A new run, or with ``resume_run_id`` that run reopened (RUNNING again) if this store has it."""
         for name in ("alembic", "mlflow.store.db.utils"):  # schema migrations on a fresh store
             logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.resumed = False
+        if resume_run_id and self._exists(resume_run_id):
+            self.run_id, self.resumed = resume_run_id, True
+            self.client.update_run(resume_run_id, status="RUNNING")
+            return
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-        self.tracking_uri = tracking_uri
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param

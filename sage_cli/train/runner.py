@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -58,13 +59,27 @@ def summary_table(result, recipe: Recipe) -> Table:
     return table
 
 
-def run_recipe(recipe: Recipe, console: Console | None = None) -> RunOutcome:
+def checkpoint_path_for(recipe: Recipe) -> Path:
+    return Path(recipe.training.output_dir) / recipe.hash() / "checkpoint.pt"
+
+
+def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = False) -> RunOutcome:
+    """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
+    resumed, in the same MLflow run where this store has it; ``restart`` discards it instead."""
+    from .checkpoint import read_meta, remove_checkpoint
     from .dg import load_dg_data, results_jsonl, select_training_domain, train_dg
 
     console = console or Console()
     data = load_dg_data(recipe)  # data errors surface before any MLflow run exists
     uri = resolve_tracking_uri(recipe.tracking.uri)
-    run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe))
+    ckpt_path = checkpoint_path_for(recipe)
+    meta = read_meta(ckpt_path)
+    if meta is not None and (restart or meta.get("finished")):
+        remove_checkpoint(ckpt_path)
+        meta = None
+    run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe),
+                    resume_run_id=meta.get("run_id") if meta and meta.get("tracking_uri") == uri else None)
+    first_step = meta["step"] + 1 if meta else 0
     history = []
 
     def on_checkpoint(ckpt):
@@ -75,10 +90,15 @@ def run_recipe(recipe: Recipe, console: Console | None = None) -> RunOutcome:
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                         console=console, transient=False)
     try:
-        run.log_params(recipe.flat())
-        run.log_text(recipe.to_yaml(), "recipe.yaml")
+        if meta is not None:
+            run.set_tags({"sage.resumed_from_step": first_step})
+            run.log_metrics({"resumed_from_step": first_step}, step=first_step)
+            console.print(f"resuming from step {first_step} ({ckpt_path})")
+        else:
+            run.log_params(recipe.flat())
+            run.log_text(recipe.to_yaml(), "recipe.yaml")
         with progress:
-            task = progress.add_task("training", total=recipe.training.steps, status="")
+            task = progress.add_task("training", total=recipe.training.steps, completed=first_step, status="")
 
             def on_step(step):
                 progress.update(task, completed=step + 1)
@@ -88,12 +108,14 @@ def run_recipe(recipe: Recipe, console: Console | None = None) -> RunOutcome:
                 accs = " ".join(f"{ckpt.metrics[f'env{i}_out_acc']:.3f}" for i in data.test_envs)
                 progress.update(task, status=f"loss {ckpt.metrics['loss']:.3f} · test out {accs}")
 
-            result = train_dg(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step)
+            result = train_dg(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step,
+                              checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri})
     except TrainingDiverged as exc:
         run.set_tags({"sage.failed_step": exc.step, "sage.failure": str(exc)})
         if history:
             run.log_text(results_jsonl(history), "results.jsonl")
         run.finish("FAILED")
+        remove_checkpoint(ckpt_path)  # a diverged run is not worth resuming
         raise
     except KeyboardInterrupt:
         run.finish("KILLED")
@@ -104,17 +126,10 @@ def run_recipe(recipe: Recipe, console: Console | None = None) -> RunOutcome:
 
     test = data.test_envs[0]
     target = result.history[-1].metrics[f"env{test}_in_acc"]
-    selected = select_training_domain(result.history, data.train_envs, test).metrics[f"env{test}_in_acc"]
+    selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
     run.log_metrics({"target_acc": target, "target_acc_selected": selected}, step=result.history[-1].step)
     run.log_text(results_jsonl(result.history), "results.jsonl")
-
-    def write_checkpoint(path):
-        import torch
-
-        torch.save({"model": result.model.state_dict(), "optimizer": result.optimizer.state_dict(),
-                    "step": result.history[-1].step, "recipe": recipe.model_dump(mode="json")}, path)
-
-    run.log_bytes(write_checkpoint, "checkpoint.pt")
+    run.log_file(ckpt_path)
     run.finish("FINISHED")
     console.print(summary_table(result, recipe))
     return RunOutcome(run.run_id, uri, "FINISHED", target, selected)

@@ -1,0 +1,191 @@
+"""DomainBed's image datasets from disk: ``root/<DIR>/<env>/<class>/<image>``.
+
+Environments are the sorted env folders of the paper's layout (reference-facts §4); every env must hold the
+same class folders. Images are opened lazily; a corrupt one either stops the run with its path (default) or,
+with ``dataset.corrupt_images: skip``, is dropped with a warning and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from . import DATASETS
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def data_root(root: str | None) -> Path:
+    """The recipe's ``dataset.root``, else $SAGE_DATA."""
+    chosen = root or os.environ.get("SAGE_DATA")
+    if not chosen:
+        raise UserError("no data root: set dataset.root in the recipe or the SAGE_DATA environment variable")
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data root {path} does not exist")
+    return path
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+@dataclass
+class Scan:
+    """What is on disk for one dataset: per env, (path, label) samples; and everything found wrong."""
+
+    envs: list[str]
+    classes: list[str]
+    samples: list[list[tuple[Path, int]]]
+    problems: list[str] = field(default_factory=list)
+
+
+def scan(base: Path, envs: list[str]) -> Scan:
+    problems: list[str] = []
+    classes: list[str] | None = None
+    samples: list[list[tuple[Path, int]]] = []
+    for env in envs:
+        env_dir = base / env
+        if not env_dir.is_dir():
+            problems.append(f"missing env folder {env_dir}")
+            samples.append([])
+            continue
+        env_classes = sorted(d.name for d in env_dir.iterdir() if d.is_dir())
+        if classes is None:
+            classes = env_classes
+        elif env_classes != classes:
+            missing = sorted(set(classes) - set(env_classes))
+            extra = sorted(set(env_classes) - set(classes))
+            problems.append(f"class folders of {env_dir} differ from {base / envs[0]}: "
+                            f"missing {missing[:5]}, extra {extra[:5]}")
+        index = {c: i for i, c in enumerate(classes)}
+        env_samples = [(p, index[c]) for c in env_classes if c in index for p in _image_files(env_dir / c)]
+        if not env_samples:
+            problems.append(f"env folder {env_dir} holds no images")
+        samples.append(env_samples)
+    return Scan(list(envs), classes or [], samples, problems)
+
+
+def verify_images(samples: list[tuple[Path, int]]) -> list[Path]:
+    """Paths among ``samples`` that PIL cannot read."""
+    from PIL import Image
+
+    bad = []
+    for path, _ in samples:
+        try:
+            with Image.open(path) as im:
+                im.convert("RGB").load()
+        except Exception:  # PIL raises many types for truncated or foreign files
+            bad.append(path)
+    return bad
+
+
+def build_transforms(image_size: int, normalization: str):
+    from torchvision import transforms as T
+
+    mean, std = (CLIP_MEAN, CLIP_STD) if normalization == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+    train = T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.7, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.3, 0.3, 0.3, 0.3),
+        T.RandomGrayscale(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+    evaluate = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+    return train, evaluate
+
+
+class FolderEnv:
+    """One environment's images; ``load(i, train, seed)`` decodes and transforms image i.
+
+    Augmentation draws from torch's RNG forked and seeded per item, so a batch is the same whatever
+    order (or process) loads it in, and a resumed run sees the same images as an uninterrupted one.
+    """
+
+    def __init__(self, samples, transforms, corrupt_images: str = "fail"):
+        self.samples = samples
+        self.labels = torch.tensor([y for _, y in samples], dtype=torch.long)
+        self.train_transform, self.eval_transform = transforms
+        self.corrupt_images = corrupt_images
+        self.skipped: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _open(self, path: Path):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    def load(self, i: int, train: bool, seed: int = 0):
+        path, label = self.samples[i]
+        try:
+            image = self._open(path)
+        except Exception as exc:
+            if self.corrupt_images == "fail":
+                raise UserError(f"cannot read image {path} ({type(exc).__name__}); fix or remove it, or set "
+                                "dataset.corrupt_images: skip") from None
+            if path not in self.skipped:
+                self.skipped.add(path)
+                warnings.warn(f"skipping unreadable image {path} ({len(self.skipped)} skipped so far)",
+                              stacklevel=2)
+            return self.load((i + 1) % len(self.samples), train, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x = (self.train_transform if train else self.eval_transform)(image)
+        return x, label
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    directory: str
+    envs: tuple[str, ...]
+    n_classes: int
+
+
+SPECS = {
+    "pacs": FolderSpec("PACS", ("art_painting", "cartoon", "photo", "sketch"), 7),
+    "vlcs": FolderSpec("VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007"), 5),
+    "officehome": FolderSpec("office_home", ("Art", "Clipart", "Product", "Real World"), 65),
+    "terraincognita": FolderSpec("terra_incognita", ("location_100", "location_38", "location_43", "location_46"), 10),
+    "domainnet": FolderSpec("domain_net", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"), 345),
+}
+
+
+def _register(name: str, spec: FolderSpec):
+    class FolderDataset:
+        SPEC = spec
+        ENVIRONMENTS = list(spec.envs)
+        N_CLASSES = spec.n_classes
+        INPUT_SHAPE = (3, 224, 224)
+        ON_DISK = True
+
+        def __init__(self, root=None, image_size: int = 224, normalization: str = "imagenet",
+                     corrupt_images: str = "fail"):
+            base = data_root(root) / spec.directory
+            if not base.is_dir():
+                raise UserError(f"{name}: expected the DomainBed folder {base} (envs {', '.join(spec.envs)})")
+            found = scan(base, list(spec.envs))
+            if found.problems:
+                raise UserError(f"{name}: {found.problems[0]}"
+                                + (f" (and {len(found.problems) - 1} more problems)" if len(found.problems) > 1 else ""))
+            self.classes = found.classes
+            self.input_shape = (3, image_size, image_size)
+            transforms = build_transforms(image_size, normalization)
+            self.datasets = [FolderEnv(s, transforms, corrupt_images) for s in found.samples]
+
+    FolderDataset.__name__ = FolderDataset.__qualname__ = f"{spec.directory}Dataset"
+    DATASETS.register(name)(FolderDataset)
+
+
+for _name, _spec in SPECS.items():
+    _register(_name, _spec)

@@ -1,0 +1,85 @@
+"""CLIP image encoders through open_clip (the paper's DG backbone is CLIP ViT-B/16).
+
+``pretrained`` is an open_clip tag (e.g. ``openai``), resolved from open_clip's own cache only (no download:
+``HF_HUB_OFFLINE`` is set), or a local weights file; ``null`` means random initialisation (tests use the
+tiny ``ViT-Tiny-16`` config shipped here). The head is linear, or zero-shot: initialised from the text
+embeddings of class-name prompts, so training starts from CLIP's zero-shot classifier.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from . import MODELS, Classifier
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+
+
+class NormalizedEncoder(nn.Module):
+    """CLIP's image tower with L2-normalised output, the space the zero-shot head lives in."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x):
+        return nn.functional.normalize(self.visual(x), dim=-1)
+
+
+def _create(arch: str, pretrained: str | None):
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    if arch not in open_clip.list_models():
+        raise UserError(f"unknown open_clip model '{arch}'; e.g. ViT-B-16, ViT-Tiny-16")
+    if pretrained and Path(pretrained).expanduser().suffix in (".pt", ".pth", ".bin", ".safetensors") \
+            and not Path(pretrained).expanduser().is_file():
+        raise UserError(f"CLIP weights file {pretrained} does not exist")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network: the cache or nothing
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained or None)
+    except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors for missing weights
+        where = os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub"
+        raise UserError(f"CLIP weights '{pretrained}' for {arch} are not available offline ({type(exc).__name__}): "
+                        f"put them in open_clip's cache ({where}) or give a local file as backbone.pretrained") from None
+
+
+@torch.no_grad()
+def zero_shot_weights(model, arch: str, classes: list[str], template: str) -> torch.Tensor:
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(arch)
+    prompts = [template.format(c=c.replace("_", " ")) for c in classes]
+    text = nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+    return model.logit_scale.exp() * text
+
+
+def build_clip(input_shape, n_classes: int, cfg, classes=None, default_arch="ViT-B-16") -> Classifier:
+    arch = cfg.model or default_arch
+    model = _create(arch, cfg.pretrained)
+    encoder = NormalizedEncoder(model.visual)
+    dim = model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None else None
+    dim = dim or encoder(torch.zeros(1, *input_shape)).shape[-1]
+    head = nn.Linear(dim, n_classes)
+    if cfg.head == "zeroshot":
+        if not classes or len(classes) != n_classes:
+            raise UserError("backbone.head: zeroshot needs the dataset's class names")
+        with torch.no_grad():
+            head.weight.copy_(zero_shot_weights(model, arch, classes, cfg.prompt))
+            head.bias.zero_()
+    return Classifier(encoder, head, dim)
+
+
+@MODELS.register("clip")
+def clip(input_shape, n_classes, cfg, classes=None):
+    return build_clip(input_shape, n_classes, cfg, classes)
+
+
+@MODELS.register("clip_vit_b16")
+def clip_vit_b16(input_shape, n_classes, cfg, classes=None):
+    return build_clip(input_shape, n_classes, cfg, classes, default_arch="ViT-B-16")

@@ -1,0 +1,56 @@
+"""ResNet-50 (torchvision) with weights from a local file and DomainBed's frozen-BatchNorm option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from . import MODELS, Classifier
+
+
+class FrozenBNResNet(nn.Module):
+    """A torchvision ResNet without its fc; with ``freeze_bn`` its BatchNorms stay in eval mode (their
+    running statistics never move), as DomainBed does when fine-tuning."""
+
+    def __init__(self, net: nn.Module, freeze_bn: bool):
+        super().__init__()
+        net.fc = nn.Identity()
+        self.net, self.freeze_bn = net, freeze_bn
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def load_local_weights(net: nn.Module, path: str) -> None:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"ResNet weights file {file} does not exist (torchvision's resnet50 state dict expected)")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise UserError(f"{file} does not fit resnet50: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+@MODELS.register("resnet50")
+def resnet50(input_shape, n_classes, cfg, classes=None) -> Classifier:
+    from torchvision.models import resnet50 as tv_resnet50
+
+    net = tv_resnet50(weights=None)
+    if cfg.pretrained:
+        load_local_weights(net, cfg.pretrained)
+    featurizer = FrozenBNResNet(net, cfg.freeze_bn)
+    return Classifier(featurizer.train(), nn.Linear(2048, n_classes), 2048)

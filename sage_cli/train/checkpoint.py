@@ -1,0 +1,64 @@
+"""Atomic, safely loadable checkpoints: write to a temporary file, then rename over the old one;
+load with ``weights_only=True`` (tensors, containers and numbers only, no pickled code)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import torch
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new one, never half of one
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def meta_path(checkpoint: str | Path) -> Path:
+    return Path(checkpoint).with_suffix(".json")
+
+
+def save_meta(checkpoint: str | Path, meta: dict) -> None:
+    """A small JSON beside the checkpoint (step, finished, MLflow run id): read without loading tensors."""
+    import json
+
+    path = meta_path(checkpoint)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_meta(checkpoint: str | Path) -> dict | None:
+    import json
+
+    path = meta_path(checkpoint)
+    if not (path.is_file() and Path(checkpoint).is_file()):
+        return None
+    return json.loads(path.read_text())
+
+
+def remove_checkpoint(checkpoint: str | Path) -> None:
+    for path in (Path(checkpoint), meta_path(checkpoint)):
+        path.unlink(missing_ok=True)
