@@ -79,6 +79,39 @@ def validate(
     typer.echo(f"# ok: {recipe} · hash {resolved.hash()}")
 
 
+@app.command()
+def datasets(
+    root: Optional[Path] = typer.Option(None, "--root", help="Data root (default: $SAGE_DATA)."),
+    verify: bool = typer.Option(False, "--verify", help="Open every image to find unreadable ones (slow)."),
+):
+    """Which DomainBed datasets are present under the data root, with env, class and image counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data.domainbed import data_root
+    from .data.inspect import inspect_root
+
+    try:
+        base = data_root(str(root) if root else None)
+    except UserError as exc:
+        _fail(str(exc))
+    reports = inspect_root(base, verify=verify)
+    table = Table(title=f"datasets under {base}")
+    for col in ("dataset", "status", "envs", "images", "classes", "problems"):
+        table.add_column(col, justify="right" if col in ("envs", "images", "problems") else "left")
+    for r in reports:
+        status = "[green]ok[/]" if r.ok else ("[red]problems[/]" if r.present else "[dim]not found[/]")
+        classes = f"{r.n_classes}" + (f" (DomainBed {r.expected_classes})" if r.n_classes != r.expected_classes else "")
+        table.add_row(r.name, status, str(len(r.envs)) if r.present else "", str(sum(r.envs.values())) if r.present else "",
+                      classes if r.present else "", str(len(r.problems)) if r.problems else "")
+    Console().print(table)
+    for r in reports:  # whole lines, never wrapped, so names and paths can be copied
+        if r.present:
+            typer.echo(f"{r.name}: " + " · ".join(f"{env} {n}" for env, n in r.envs.items()))
+        for problem in r.problems:
+            typer.echo(f"{r.name}: {problem}")
+
+
 def main() -> None:  # python -m sage_cli
     app(prog_name="sage")
 

@@ -36,13 +36,20 @@ def load_local_weights(net: nn.Module, path: str) -> None:
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"ResNet weights file {file} does not exist (torchvision's resnet50 state dict expected)")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, foreign formats
+        raise UserError(f"cannot read ResNet weights {file}: {type(exc).__name__}") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise UserError(f"{file} does not fit resnet50: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    expected = {k: v.shape for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        raise UserError(f"{file} does not fit resnet50: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                        f"wrong shape {wrong[:3]}")
+    net.load_state_dict(state, strict=False)
 
 
 @MODELS.register("resnet50")
