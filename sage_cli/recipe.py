@@ -106,7 +106,9 @@ class ObjectiveConfig(_Section):
 
 
 # Each method's radius when the recipe gives none: SAGE at the paper's DG value, SAM/ASAM at their papers'.
-DEFAULT_RHO = {"sage": 1e-6, "sam": 0.05, "asam": 0.5, "erm": 0.0, "muon": 0.0}
+DEFAULT_RHO = {"sage": 1e-6, "sam": 0.05, "asam": 0.5, "gsam": 0.05, "sagm": 0.05, "disam": 0.05, "gam": 0.02,
+               "erm": 0.0, "muon": 0.0, "sgld": 0.0, "gga": 0.0}
+DEFAULT_ALPHA = {"gsam": 0.01, "sagm": 0.001}
 
 
 class OptimizerConfig(_Section):
@@ -122,7 +124,17 @@ class OptimizerConfig(_Section):
     scale_by_weight_norm: bool = True
     bias_rule: Literal["sam", "scaled", "none"] = "sam"
     noise: bool = True
-    eta: float = Field(0.01, ge=0)
+    eta: float = Field(0.01, ge=0)  # ASAM
+    alpha: float | None = Field(None, ge=0)  # GSAM (0.01) / SAGM (0.001)
+    variance_weight: float = Field(0.1, ge=0)  # DISAM's λ
+    sigma: float = Field(1e-3, ge=0)  # SGLD's constant noise
+    gam_norm_rho: float = Field(0.2, ge=0)  # GAM
+    gam_gamma: float = Field(0.03, ge=0)
+    gga_start: int = Field(0, ge=0)  # GGA's annealing window [start, end]
+    gga_end: int = Field(100, ge=0)
+    gga_candidates: int = Field(10, ge=0)
+    gga_neighborhood: float = Field(1e-4, ge=0)
+    gga_tolerance: float = Field(0.1, ge=0)
 
     @field_validator("method")
     @classmethod
@@ -133,9 +145,11 @@ class OptimizerConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _resolve_rho(self):
+    def _resolve_defaults(self):
         if self.rho is None:
-            self.rho = DEFAULT_RHO[self.method]
+            self.rho = DEFAULT_RHO.get(self.method, 0.0)
+        if self.alpha is None:
+            self.alpha = DEFAULT_ALPHA.get(self.method, 0.0)
         return self
 
 

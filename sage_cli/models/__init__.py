@@ -20,4 +20,4 @@ class Classifier(nn.Module):
         return self.classifier(self.featurizer(x))
 
 
-from . import cnn, clip, resnet  # noqa: E402,F401
+from . import clip, cnn, resnet  # noqa: E402,F401

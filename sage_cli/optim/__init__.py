@@ -12,17 +12,20 @@ import torch
 
 from ..registry import Registry
 from .base import SinglePassOptimizer, TwoPassOptimizer
+from .gam import GAM
+from .gga import GGA
 from .muon import MuonWithAdam
 from .polar import polar
 from .sage import SAGE
-from .sam import ASAM, SAM
+from .sam import ASAM, DISAM, GSAM, SAGM, SAM
+from .sgld import SGLD
 
-__all__ = ["SAGE", "SAM", "ASAM", "MuonWithAdam", "SinglePassOptimizer", "TwoPassOptimizer", "polar",
-           "BASE_OPTIMIZERS", "METHODS", "build_optimizer"]
+__all__ = ["SAGE", "SAM", "ASAM", "GSAM", "SAGM", "DISAM", "GAM", "GGA", "SGLD", "MuonWithAdam",
+           "SinglePassOptimizer", "TwoPassOptimizer", "polar", "BASE_OPTIMIZERS", "METHODS", "build_optimizer"]
 
 BASE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
-# method name -> builder(params, base class, settings, base kwargs, model, seed)
+# method name -> builder(params, optimizer config, model, noise seed)
 METHODS: Registry = Registry("optimizer method")
 
 
@@ -53,6 +56,40 @@ def _sage(params, cfg, model, seed):
     return SAGE(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, gamma=cfg.gamma, polar=cfg.polar,
                 ns_steps=cfg.ns_steps, scale_by_weight_norm=cfg.scale_by_weight_norm, bias_rule=cfg.bias_rule,
                 noise=cfg.noise, seed=seed, model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("gsam")
+def _gsam(params, cfg, model, seed):
+    return GSAM(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, alpha=cfg.alpha, model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("sagm")
+def _sagm(params, cfg, model, seed):
+    return SAGM(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, alpha=cfg.alpha, model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("disam")
+def _disam(params, cfg, model, seed):
+    return DISAM(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, variance_weight=cfg.variance_weight, model=model,
+                 **_base_kwargs(cfg))
+
+
+@METHODS.register("gam")
+def _gam(params, cfg, model, seed):
+    return GAM(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, norm_rho=cfg.gam_norm_rho, gamma=cfg.gam_gamma,
+               model=model, **_base_kwargs(cfg))
+
+
+@METHODS.register("gga")
+def _gga(params, cfg, model, seed):
+    return GGA(params, BASE_OPTIMIZERS[cfg.base], start=cfg.gga_start, end=cfg.gga_end, candidates=cfg.gga_candidates,
+               neighborhood=cfg.gga_neighborhood, tolerance=cfg.gga_tolerance, seed=seed, model=model,
+               **_base_kwargs(cfg))
+
+
+@METHODS.register("sgld")
+def _sgld(params, cfg, model, seed):
+    return SGLD(params, BASE_OPTIMIZERS[cfg.base], sigma=cfg.sigma, seed=seed, model=model, **_base_kwargs(cfg))
 
 
 @METHODS.register("muon")

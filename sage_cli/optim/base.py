@@ -73,9 +73,13 @@ class SinglePassOptimizer(WrappedOptimizer):
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.grad = g
-        self.base_optimizer.step()
         self.stats = {"loss": float(loss.detach()), "grad_norm": global_norm(grads)}
+        self.adjust_gradients(params)
+        self.base_optimizer.step()
         return losses.detach()
+
+    def adjust_gradients(self, params) -> None:
+        """A hook between the gradient and the base step (SGLD adds its noise here)."""
 
 
 class TwoPassOptimizer(WrappedOptimizer):
@@ -101,6 +105,10 @@ class TwoPassOptimizer(WrappedOptimizer):
         """The aggregate gradient ḡ = Σ w_k g_k and any statistics gathered on the way."""
         return grads_of((weights * losses).sum(), params), {}
 
+    def descent_gradient(self, clean, perturbed) -> list:
+        """The gradient handed to the base optimizer, from the gradients at θ and at θ+ε (SAM: the latter)."""
+        return perturbed
+
     def descent_noise_scale(self) -> float:
         return 0.0
 
@@ -116,6 +124,7 @@ class TwoPassOptimizer(WrappedOptimizer):
         with torch.enable_grad():
             grads, extra = self.aggregate(losses, w, params)
         eps = self.perturbations(params, grads)
+        self._clean_grads = grads
         with torch.no_grad():
             for p, e in zip(params, eps):
                 self.state[p]["theta"] = p.detach().clone()  # exact copy: restore is a copy, not θ+ε−ε
@@ -136,6 +145,8 @@ class TwoPassOptimizer(WrappedOptimizer):
         perturbed_loss = (w * losses).sum()
         with torch.enable_grad():
             grads = grads_of(perturbed_loss, params)
+        grads = self.descent_gradient(self._clean_grads, grads)
+        self._clean_grads = None
         beta = self.descent_noise_scale()
         with torch.no_grad():
             for p, g in zip(params, grads):

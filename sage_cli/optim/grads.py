@@ -45,16 +45,23 @@ def flatten(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.reshape(-1).float() for g in grads])
 
 
-def mean_pairwise_cosine(per_dist: list[list[torch.Tensor]]) -> float:
-    """S = 2/(K(K−1)) Σ_{i<j} cos(g_i, g_j) over the full flattened parameter vector; S = 1 when K = 1."""
+def pairwise_cosines(per_dist: list[list[torch.Tensor]]) -> torch.Tensor:
+    """cos(g_i, g_j) for every pair i < j, over the full flattened parameter vector."""
     K = len(per_dist)
-    if K < 2:
-        return 1.0
     G = torch.stack([flatten(g) for g in per_dist])
     G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    cos = G @ G.T
     iu = torch.triu_indices(K, K, offset=1)
-    return float(cos[iu[0], iu[1]].mean())
+    return (G @ G.T)[iu[0], iu[1]]
+
+
+def mean_pairwise_cosine(per_dist: list[list[torch.Tensor]]) -> float:
+    """S = 2/(K(K−1)) Σ_{i<j} cos(g_i, g_j); S = 1 when K = 1 (no pairs)."""
+    return float(pairwise_cosines(per_dist).mean()) if len(per_dist) > 1 else 1.0
+
+
+def min_pairwise_cosine(per_dist: list[list[torch.Tensor]]) -> float:
+    """The worst-aligned pair (GGA's criterion); 1 when K = 1."""
+    return float(pairwise_cosines(per_dist).min()) if len(per_dist) > 1 else 1.0
 
 
 def global_norm(tensors) -> float:

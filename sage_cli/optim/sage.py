@@ -12,6 +12,7 @@ import torch
 
 from .base import TwoPassOptimizer, _check_non_negative
 from .grads import mean_pairwise_cosine, per_distribution_grads
+from .noise import NoiseSource
 from .polar import METHODS, polar
 
 BIAS_RULES = ("sam", "scaled", "none")
@@ -56,10 +57,7 @@ class SAGE(TwoPassOptimizer):
         super().__init__(params, base_optimizer, rho=rho, model=model, defaults=settings, **base_kwargs)
         self.gamma, self.polar, self.ns_steps = gamma, polar, ns_steps
         self.scale_by_weight_norm, self.bias_rule, self.noise = scale_by_weight_norm, bias_rule, noise
-        if seed is None:  # derived from torch's global RNG, so torch.manual_seed makes runs repeatable
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = int(seed)
-        self._generators: dict[str, torch.Generator] = {}
+        self.noise_source = NoiseSource(seed)
         self._beta = 0.0
 
     # --- ascent ----------------------------------------------------------------------------------
@@ -97,25 +95,12 @@ class SAGE(TwoPassOptimizer):
     def descent_noise_scale(self) -> float:
         return self._beta
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[key] = gen
-        return self._generators[key]
-
     def noise_like(self, p: torch.Tensor) -> torch.Tensor:
-        return torch.randn(p.shape, generator=self._generator(p.device), device=p.device, dtype=p.dtype)
+        return self.noise_source.normal_like(p)
 
     # --- state -----------------------------------------------------------------------------------
     def _extra_state(self) -> dict:
-        return {"seed": self.seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
+        return self.noise_source.state_dict()
 
     def _load_extra_state(self, state: dict) -> None:
-        self.seed = int(state.get("seed", self.seed))
-        self._generators = {}
-        for key, gen_state in state.get("generators", {}).items():
-            gen = torch.Generator(device=key)
-            gen.set_state(gen_state)
-            self._generators[key] = gen
+        self.noise_source.load_state_dict(state)
