@@ -165,6 +165,14 @@ class TrainingConfig(_Section):
     output_dir: str = "runs"  # checkpoints for resume: <output_dir>/<recipe hash>/
 
 
+class SweepConfig(_Section):
+    """The protocol a sweep expands this recipe into (``sage ablate`` / ``sage sweep``); ``sage run`` runs
+    one point of it (the recipe's own seed and test envs). Not part of a run's identity."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    test_envs: Literal["all"] | list[int] = "all"  # leave-one-domain-out over every env
+
+
 class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = "sage"
@@ -178,11 +186,12 @@ class Recipe(_Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     # ------------------------------------------------------------------ identity and views
     def identity(self) -> dict:
         """What defines the experiment: everything but its name and where it runs, logs and saves."""
-        return self.model_dump(mode="json", exclude={"tracking": True, "name": True,
+        return self.model_dump(mode="json", exclude={"tracking": True, "name": True, "sweep": True,
                                                      "training": {"device", "output_dir"}})
 
     def hash(self) -> str:

@@ -64,3 +64,6 @@ class ERM(Objective):
     def losses(self, model, xs, ys, weights=None):
         _, logits = concat_forward(model, xs)
         return torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, ys)])
+
+
+from . import adversarial, fish, iib, penalties, rsc  # noqa: E402,F401  (register the rest)

@@ -167,6 +167,11 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
     objective = OBJECTIVES.get(recipe.objective.name)(model, len(data.train_envs), recipe.objective, data.n_classes)
     optimizer = build_optimizer(model, recipe.optimizer, seed=seed_hash(seed, "noise"), extra=objective.parameters())
     batcher = Batcher(data, recipe)
+    inner_seed = iter(range(10**9))
+
+    def make_inner_optimizer(module):
+        return build_optimizer(module, recipe.optimizer, seed=seed_hash(seed, "inner", next(inner_seed)))
+
     alignment = TargetAlignment(data)
     history: list[Checkpoint] = []
     start, resumed_from = 0, None
@@ -186,16 +191,20 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
         t0 = time.perf_counter()
         xs, ys, weights = batcher.next()
         xs, ys = [x.to(device) for x in xs], [y.to(device) for y in ys]
-        losses = optimizer.step(lambda: objective.losses(model, xs, ys, weights), weights=weights)
+        if getattr(objective, "owns_update", False):  # Fish: its meta-update drives the recipe's optimizer
+            losses = objective.update(model, xs, ys, weights, make_inner_optimizer)
+        else:
+            losses = optimizer.step(lambda: objective.losses(model, xs, ys, weights), weights=weights)
         loss = float(losses.mean())
         if not math.isfinite(loss):
             raise TrainingDiverged(step, loss)
         objective.after_step(step)
         window.setdefault("step_time", []).append(time.perf_counter() - t0)
         window.setdefault("loss", []).append(loss)
+        stats = getattr(objective, "inner_stats", None) or optimizer.stats
         for key in ("agreement", "noise_scale", "grad_norm", "perturbation_norm"):
-            if key in optimizer.stats:
-                window.setdefault(key, []).append(optimizer.stats[key])
+            if key in stats:
+                window.setdefault(key, []).append(stats[key])
         if progress is not None:
             progress(step)
         if step % freq == 0 or step == steps - 1:
