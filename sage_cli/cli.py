@@ -59,6 +59,8 @@ def run(
         _fail(str(exc))
     except TrainingDiverged as exc:
         _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        _fail("interrupted; the MLflow run is marked KILLED and its checkpoint kept for the next run", code=130)
     envs = ",".join(map(str, resolved.dataset.test_envs))
     typer.echo(f"target env {envs} accuracy: {outcome.target_acc:.4f} (final), "
                f"{outcome.selected_target_acc:.4f} (training-domain validation)")
@@ -110,6 +112,194 @@ def datasets(
             typer.echo(f"{r.name}: " + " · ".join(f"{env} {n}" for env, n in r.envs.items()))
         for problem in r.problems:
             typer.echo(f"{r.name}: {problem}")
+
+
+def _split(values: str | None, cast=float, name: str = "") -> list | None:
+    if values is None:
+        return None
+    try:
+        return [cast(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--{name} '{values}': expected a comma-separated list of numbers") from None
+
+
+def _test_envs(value: str | None):
+    if value is None:
+        return None
+    return "all" if value.strip() == "all" else _split(value, int, "test-envs")
+
+
+LAUNCH_OPTIONS = dict(
+    seeds=typer.Option(None, "--seeds", help="Trial seeds, e.g. 0,1,2 (default: the recipe's sweep.seeds)."),
+    test_envs=typer.Option(None, "--test-envs", help="'all' or e.g. 0,2 (default: the recipe's sweep.test_envs)."),
+    launcher=typer.Option("local", "--launcher", help="local | slurm"),
+    max_parallel=typer.Option(1, "--max-parallel", min=1, help="Local launcher: jobs at once."),
+    dry_run=typer.Option(False, "--dry-run", help="Print the job table; run nothing."),
+    force=typer.Option(False, "--force", help="Rerun jobs that already have a FINISHED run."),
+    tracking_uri=typer.Option(None, "--tracking-uri", help="MLflow store for the whole sweep."),
+)
+
+
+def _launch(sweep_id, name, jobs, tracking_uri, experiment, slurm, launcher, max_parallel, dry_run, force):
+    from rich.console import Console
+
+    from .launch.sweep import job_table, launch, make_plan, summary_line
+
+    if launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher '{launcher}': choose local or slurm")
+    plan = make_plan(sweep_id, name, jobs, tracking_uri, experiment, slurm, force)
+    console = Console()
+    if dry_run:
+        console.print(job_table(plan))
+        typer.echo(summary_line(plan))
+        return
+    typer.echo(summary_line(plan))
+    try:
+        launch(plan, launcher, max_parallel, console)
+    except KeyboardInterrupt:
+        _fail("interrupted: running jobs were stopped and marked KILLED", code=130)
+    typer.echo(f"sweep {plan.id}: `sage status {plan.id}` to follow it")
+
+
+@app.command()
+def ablate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    rho: Optional[str] = typer.Option(None, "--rho", help="ρ values, e.g. 1e-6,1e-5"),
+    gamma: Optional[str] = typer.Option(None, "--gamma", help="γ values, e.g. 1e-6,1e-5"),
+    components: bool = typer.Option(False, "--components", help="Add Fig. 3's variants at the recipe's ρ, γ."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    seeds: Optional[str] = LAUNCH_OPTIONS["seeds"],
+    test_envs: Optional[str] = LAUNCH_OPTIONS["test_envs"],
+    launcher: str = LAUNCH_OPTIONS["launcher"],
+    max_parallel: int = LAUNCH_OPTIONS["max_parallel"],
+    dry_run: bool = LAUNCH_OPTIONS["dry_run"],
+    force: bool = LAUNCH_OPTIONS["force"],
+    tracking_uri: Optional[str] = LAUNCH_OPTIONS["tracking_uri"],
+):
+    """The ρ × γ grid (× seeds × test envs) of a recipe, with --components the Fig. 3 ablation."""
+    try:
+        from .launch.plan import COMPONENTS, expand, sweep_id
+
+        base = _load(recipe, set_)
+        axes = {}
+        if rho:
+            axes["optimizer.rho"] = _split(rho, float, "rho")
+        if gamma:
+            axes["optimizer.gamma"] = _split(gamma, float, "gamma")
+        if not axes and not components:
+            raise UserError("give --rho and/or --gamma values, or --components")
+        variants = {"sage": {"optimizer.method": "sage"}} if axes else {}
+        if components:
+            variants = {**variants, **{k: v for k, v in COMPONENTS.items()}}
+            if axes:  # components run at the recipe's own ρ and γ, not over the grid
+                jobs = expand(base, axes, {"sage": {"optimizer.method": "sage"}}, _split(seeds, int, "seeds"),
+                              _test_envs(test_envs), str(recipe)) + \
+                    expand(base, {}, COMPONENTS, _split(seeds, int, "seeds"), _test_envs(test_envs), str(recipe))
+            else:
+                jobs = expand(base, {}, COMPONENTS, _split(seeds, int, "seeds"), _test_envs(test_envs), str(recipe))
+        else:
+            jobs = expand(base, axes, variants, _split(seeds, int, "seeds"), _test_envs(test_envs), str(recipe))
+        name = f"ablate-{base.name or recipe.stem}"
+        _launch(sweep_id(name, jobs), name, jobs, tracking_uri, base.tracking.experiment, None, launcher,
+                max_parallel, dry_run, force)
+    except UserError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def sweep(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file (recipes × methods × grid)."),
+    seeds: Optional[str] = LAUNCH_OPTIONS["seeds"],
+    test_envs: Optional[str] = LAUNCH_OPTIONS["test_envs"],
+    launcher: str = LAUNCH_OPTIONS["launcher"],
+    max_parallel: int = LAUNCH_OPTIONS["max_parallel"],
+    dry_run: bool = LAUNCH_OPTIONS["dry_run"],
+    force: bool = LAUNCH_OPTIONS["force"],
+    tracking_uri: Optional[str] = LAUNCH_OPTIONS["tracking_uri"],
+):
+    """Run an experiment file: its recipes × method overrides × grid × seeds × test envs."""
+    try:
+        from .launch.plan import load_experiment, sweep_id
+
+        exp = load_experiment(experiment, _split(seeds, int, "seeds"), _test_envs(test_envs))
+        _launch(sweep_id(exp.name, exp.jobs), exp.name, exp.jobs, tracking_uri, exp.tracking_experiment, exp.slurm,
+                launcher, max_parallel, dry_run, force)
+    except UserError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def status(sweep: Optional[str] = typer.Argument(None, help="Sweep id (or a unique prefix); none: list sweeps.")):
+    """Every job of a sweep: queued, running, finished, failed, cancelled or requeued."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .launch.state import SweepState, all_sweeps
+    from .launch.status import job_statuses
+
+    console = Console()
+    try:
+        if sweep is None:
+            table = Table(title="sweeps")
+            for col in ("sweep", "launcher", "jobs", "tracking"):
+                table.add_column(col)
+            for st in all_sweeps():
+                table.add_row(st.id, st.launcher, str(len(st.jobs)), st.tracking_uri)
+            console.print(table)
+            return
+        state = SweepState.load(sweep)
+    except UserError as exc:
+        _fail(str(exc))
+    rows = job_statuses(state)
+    table = Table(title=f"sweep {state.id} ({state.launcher})", title_justify="left")
+    for col in ("job", "hash", "status", "scheduler id", "attempt", "resumed from"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["label"], r["hash"], r["status"], r["scheduler_id"], str(r["attempt"]), r["resumed_from"])
+    console.print(table)
+    counts = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    typer.echo(" · ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+@app.command()
+def cancel(sweep: str = typer.Argument(..., help="Sweep id (or a unique prefix).")):
+    """Cancel every unfinished job of a sweep (scancel, or stop the local processes)."""
+    from .launch.state import SweepState
+    from .launch.status import cancel_sweep
+
+    try:
+        state = SweepState.load(sweep)
+    except UserError as exc:
+        _fail(str(exc))
+    typer.echo(f"cancelled {cancel_sweep(state)} job(s) of {state.id}")
+
+
+@app.command()
+def logs(job: str = typer.Argument(..., help="Job hash (or prefix) or scheduler id."),
+         lines: int = typer.Option(50, "--lines", "-n", help="Last N lines of each log.")):
+    """Print the end of a sweep job's logs."""
+    from .launch.state import all_sweeps
+
+    found = [(s, j) for s in all_sweeps() for j in s.jobs.values()
+             if j.hash.startswith(job) or j.scheduler_id == job]
+    if not found:
+        _fail(f"no job '{job}' in any sweep under $SAGE_SWEEPS (or ./sweeps)")
+    if len({j.hash for _, j in found}) > 1:
+        _fail(f"'{job}' matches {len(found)} jobs; give more of the hash")
+    state, record = found[0]
+    paths = [Path(record.log_path)] if record.log_path else []
+    if paths and paths[0].suffix == ".out":
+        paths.append(paths[0].with_suffix(".err"))
+    shown = False
+    for path in paths:
+        if path.is_file():
+            shown = True
+            typer.echo(f"==> {path} <==")
+            typer.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+    if not shown:
+        _fail(f"job {record.hash} ({record.label}) has no log yet")
 
 
 def main() -> None:  # python -m sage_cli

@@ -18,3 +18,11 @@ class TrainingDiverged(Exception):
         super().__init__(f"loss became {value} at step {step}; the run was stopped and marked FAILED")
         self.step = step
         self.value = value
+
+
+class Preempted(Exception):
+    """The scheduler asked the job to stop (preemption or time-out): a checkpoint was saved at ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted after step {step}; checkpoint saved")
+        self.step = step

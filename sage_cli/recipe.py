@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .catalog import DATASET_ENVS, DATASETS, METHODS, MODELS, OBJECTIVES
 from .errors import UserError
 from .registry import did_you_mean
 
@@ -57,16 +58,11 @@ class DatasetConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from .data import DATASETS
-
-        DATASETS.get(v)
-        return v
+        return DATASETS.check(v)
 
     @model_validator(mode="after")
     def _envs_in_range(self):
-        from .data import DATASETS
-
-        n = len(DATASETS.get(self.name).ENVIRONMENTS)
+        n = len(DATASET_ENVS[self.name])
         for env in self.test_envs:
             if not 0 <= env < n:
                 raise ValueError(f"test env {env} is out of range: {self.name} has envs 0..{n - 1}")
@@ -86,10 +82,7 @@ class BackboneConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from .models import MODELS
-
-        MODELS.get(v)
-        return v
+        return MODELS.check(v)
 
 
 class ObjectiveConfig(_Section):
@@ -99,10 +92,7 @@ class ObjectiveConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from .objectives import OBJECTIVES
-
-        OBJECTIVES.get(v)
-        return v
+        return OBJECTIVES.check(v)
 
 
 # Each method's radius when the recipe gives none: SAGE at the paper's DG value, SAM/ASAM at their papers'.
@@ -139,10 +129,7 @@ class OptimizerConfig(_Section):
     @field_validator("method")
     @classmethod
     def _known(cls, v):
-        from .optim import METHODS
-
-        METHODS.get(v)
-        return v
+        return METHODS.check(v)
 
     @model_validator(mode="after")
     def _resolve_defaults(self):
@@ -173,6 +160,19 @@ class SweepConfig(_Section):
     test_envs: Literal["all"] | list[int] = "all"  # leave-one-domain-out over every env
 
 
+class SlurmConfig(_Section):
+    """How `--launcher slurm` submits (through submitit); also accepted in experiment files."""
+
+    partition: str | None = None
+    timeout_min: int = Field(60, gt=0)
+    mem_gb: float = Field(8, gt=0)  # always requested: with CR_Core_Memory a job without --mem takes the node
+    cpus_per_task: int = Field(2, gt=0)
+    gpus_per_node: int = Field(0, ge=0)
+    array_parallelism: int = Field(64, gt=0)
+    setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load, …)
+    additional_parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = "sage"
@@ -187,11 +187,12 @@ class Recipe(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     # ------------------------------------------------------------------ identity and views
     def identity(self) -> dict:
         """What defines the experiment: everything but its name and where it runs, logs and saves."""
-        return self.model_dump(mode="json", exclude={"tracking": True, "name": True, "sweep": True,
+        return self.model_dump(mode="json", exclude={"tracking": True, "name": True, "sweep": True, "slurm": True,
                                                      "training": {"device", "output_dir"}})
 
     def hash(self) -> str:

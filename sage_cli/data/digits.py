@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import DATASETS
+from ..catalog import DATASET_ENVS
 from .splits import TensorEnv
 
 SIZE = 16
@@ -26,9 +26,8 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-@DATASETS.register("rotated_digits")
 class RotatedDigits:
-    ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
+    ENVIRONMENTS = DATASET_ENVS["rotated_digits"]
     N_CLASSES = 10
     INPUT_SHAPE = (1, SIZE, SIZE)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..catalog import DATASET_ENVS
 from ..errors import UserError
-from . import DATASETS
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -152,16 +152,17 @@ class FolderSpec:
     n_classes: int
 
 
-SPECS = {
-    "pacs": FolderSpec("PACS", ("art_painting", "cartoon", "photo", "sketch"), 7),
-    "vlcs": FolderSpec("VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007"), 5),
-    "officehome": FolderSpec("office_home", ("Art", "Clipart", "Product", "Real World"), 65),
-    "terraincognita": FolderSpec("terra_incognita", ("location_100", "location_38", "location_43", "location_46"), 10),
-    "domainnet": FolderSpec("domain_net", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"), 345),
+SPECS = {  # folder under the data root, envs (catalog.DATASET_ENVS), DomainBed's class count
+    name: FolderSpec(directory, tuple(DATASET_ENVS[name]), n_classes)
+    for name, directory, n_classes in [("pacs", "PACS", 7), ("vlcs", "VLCS", 5), ("officehome", "office_home", 65),
+                                       ("terraincognita", "terra_incognita", 10), ("domainnet", "domain_net", 345)]
 }
 
 
-def _register(name: str, spec: FolderSpec):
+def folder_dataset(name: str):
+    """The dataset class for one DomainBed layout."""
+    spec = SPECS[name]
+
     class FolderDataset:
         SPEC = spec
         ENVIRONMENTS = list(spec.envs)
@@ -184,8 +185,8 @@ def _register(name: str, spec: FolderSpec):
             self.datasets = [FolderEnv(s, transforms, corrupt_images) for s in found.samples]
 
     FolderDataset.__name__ = FolderDataset.__qualname__ = f"{spec.directory}Dataset"
-    DATASETS.register(name)(FolderDataset)
+    return FolderDataset
 
 
-for _name, _spec in SPECS.items():
-    _register(_name, _spec)
+PACS, VLCS, OfficeHome = folder_dataset("pacs"), folder_dataset("vlcs"), folder_dataset("officehome")
+TerraIncognita, DomainNet = folder_dataset("terraincognita"), folder_dataset("domainnet")

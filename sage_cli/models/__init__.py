@@ -6,9 +6,7 @@ logits), the split DomainBed's objectives (CORAL, MMD, DANN, RSC, …) work on.
 
 from torch import nn
 
-from ..registry import Registry
-
-MODELS: Registry = Registry("backbone")
+from ..catalog import MODELS  # noqa: F401
 
 
 class Classifier(nn.Module):
@@ -19,5 +17,3 @@ class Classifier(nn.Module):
     def forward(self, x):
         return self.classifier(self.featurizer(x))
 
-
-from . import clip, cnn, resnet  # noqa: E402,F401

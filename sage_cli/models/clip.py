@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from . import MODELS, Classifier
+from . import Classifier
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 
@@ -75,11 +75,9 @@ def build_clip(input_shape, n_classes: int, cfg, classes=None, default_arch="ViT
     return Classifier(encoder, head, dim)
 
 
-@MODELS.register("clip")
 def clip(input_shape, n_classes, cfg, classes=None):
     return build_clip(input_shape, n_classes, cfg, classes)
 
 
-@MODELS.register("clip_vit_b16")
 def clip_vit_b16(input_shape, n_classes, cfg, classes=None):
     return build_clip(input_shape, n_classes, cfg, classes, default_arch="ViT-B-16")

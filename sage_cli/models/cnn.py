@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import MODELS, Classifier
+from . import Classifier
 
 
-@MODELS.register("small_cnn")
 def small_cnn(input_shape, n_classes: int, cfg=None, classes=None) -> Classifier:
     channels = input_shape[0]
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from . import MODELS, Classifier
+from . import Classifier
 
 
 class FrozenBNResNet(nn.Module):
@@ -52,7 +52,6 @@ def load_local_weights(net: nn.Module, path: str) -> None:
     net.load_state_dict(state, strict=False)
 
 
-@MODELS.register("resnet50")
 def resnet50(input_shape, n_classes, cfg, classes=None) -> Classifier:
     from torchvision.models import resnet50 as tv_resnet50
 

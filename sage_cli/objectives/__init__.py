@@ -11,9 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..registry import Registry
-
-OBJECTIVES: Registry = Registry("objective")
+from ..catalog import OBJECTIVES  # noqa: F401
 
 
 def concat_forward(model, xs: list[torch.Tensor]):
@@ -57,7 +55,6 @@ class Objective:
         pass
 
 
-@OBJECTIVES.register("erm")
 class ERM(Objective):
     """Empirical risk: each env's mean cross-entropy (their weighted mean is the ERM loss)."""
 
@@ -65,5 +62,3 @@ class ERM(Objective):
         _, logits = concat_forward(model, xs)
         return torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, ys)])
 
-
-from . import adversarial, fish, iib, penalties, rsc  # noqa: E402,F401  (register the rest)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import OBJECTIVES, Objective, concat_forward
+from . import Objective, concat_forward
 
 
 class GradientReversal(torch.autograd.Function):
@@ -29,7 +29,6 @@ def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return GradientReversal.apply(x, scale)
 
 
-@OBJECTIVES.register("dann")
 class DANN(Objective):
     conditional = False
 
@@ -69,7 +68,6 @@ class DANN(Objective):
             self.class_embeddings.load_state_dict(state["class_embeddings"])
 
 
-@OBJECTIVES.register("cdann")
 class CDANN(DANN):
     """Class-conditional DANN: the discriminator sees features plus a learned embedding of the class."""
 

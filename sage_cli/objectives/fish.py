@@ -12,10 +12,9 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from . import OBJECTIVES, Objective
+from . import Objective
 
 
-@OBJECTIVES.register("fish")
 class Fish(Objective):
     owns_update = True
 

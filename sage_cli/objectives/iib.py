@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import OBJECTIVES, Objective
+from . import Objective
 
 
 class IIBHead(nn.Module):
@@ -26,7 +26,6 @@ class IIBHead(nn.Module):
         return self.classifier(self.mu(self.encoder(features)))
 
 
-@OBJECTIVES.register("iib")
 class IIB(Objective):
     def __init__(self, model, n_envs, cfg=None, n_classes=None):
         super().__init__(model, n_envs, cfg, n_classes)

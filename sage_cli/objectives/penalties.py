@@ -10,7 +10,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from . import OBJECTIVES, Objective, concat_forward
+from . import Objective, concat_forward
 
 
 class _Annealed(Objective):
@@ -48,7 +48,6 @@ def irm_penalty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return g1 * g2
 
 
-@OBJECTIVES.register("irm")
 class IRM(_Annealed):
     default_lambda = 1e2
 
@@ -58,7 +57,6 @@ class IRM(_Annealed):
         return torch.stack([F.cross_entropy(z, y) + w * irm_penalty(z, y) for z, y in zip(logits, ys)])
 
 
-@OBJECTIVES.register("vrex")
 class VREx(_Annealed):
     """V-REx (Krueger et al.): ERM + λ·Var_k(L_k)."""
 
@@ -102,11 +100,9 @@ class _FeatureMatching(Objective):
         return risks + self.hp("gamma", 1.0) * penalty
 
 
-@OBJECTIVES.register("mmd")
 class MMD(_FeatureMatching):
     distance = staticmethod(gaussian_kernel_mmd)
 
 
-@OBJECTIVES.register("coral")
 class CORAL(_FeatureMatching):
     distance = staticmethod(coral_distance)

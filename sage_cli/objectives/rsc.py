@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import OBJECTIVES, Objective
+from . import Objective
 
 
 def rsc_feature_mask(feature_grads: torch.Tensor, drop_factor: float) -> torch.Tensor:
@@ -19,7 +19,6 @@ def rsc_feature_mask(feature_grads: torch.Tensor, drop_factor: float) -> torch.T
     return (feature_grads < threshold).float()
 
 
-@OBJECTIVES.register("rsc")
 class RSC(Objective):
     def losses(self, model, xs, ys, weights=None):
         f_drop, b_drop = self.hp("f_drop_factor", 1 / 3), self.hp("b_drop_factor", 1 / 3)

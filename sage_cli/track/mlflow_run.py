@@ -83,3 +83,73 @@ class MlflowRun:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite path made absolute, so jobs started elsewhere log into the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def prepare_store(uri: str, experiment: str) -> str:
+    """Create the store (schema migration) and the experiment once, before jobs fan out: many processes
+    creating a fresh sqlite store at once fail in the migration (reference-facts §7)."""
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return exp.experiment_id if exp is not None else client.create_experiment(experiment)
+
+
+def finished_hashes(uri: str) -> set[str]:
+    """Recipe hashes that already have a FINISHED run. For a sqlite store this reads the database directly
+    (no mlflow import: a dry run of a thousand jobs stays fast); elsewhere through the client."""
+    path = _sqlite_path(uri)
+    if path is not None:
+        if not path.is_file():
+            return set()
+        import sqlite3
+
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            try:
+                rows = db.execute(
+                    "SELECT t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
+                    "WHERE t.key = 'sage.recipe_hash' AND r.status = 'FINISHED' AND r.lifecycle_stage = 'active'"
+                ).fetchall()
+            except sqlite3.OperationalError:  # an empty file, not yet an mlflow store
+                return set()
+        return {r[0] for r in rows}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    done: set[str] = set()
+    token = None
+    while ids:
+        page = client.search_runs(ids, filter_string="attributes.status = 'FINISHED'", max_results=1000,
+                                  page_token=token)
+        done |= {r.data.tags["sage.recipe_hash"] for r in page if "sage.recipe_hash" in r.data.tags}
+        token = page.token
+        if not token:
+            break
+    return done
+
+
+def sweep_runs(uri: str, sweep_id: str) -> list:
+    """Every child run of a sweep (any status)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    return list(client.search_runs(ids, filter_string=f"tags.`sage.sweep_id` = '{sweep_id}'", max_results=50000))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data import DATASETS
 from ..data.splits import InfiniteSampler, Split, load_batch, seed_hash, split_env
-from ..errors import TrainingDiverged
+from ..errors import Preempted, TrainingDiverged
 from ..models import MODELS
 from ..objectives import OBJECTIVES
 from ..optim import build_optimizer
@@ -150,13 +150,14 @@ def results_jsonl(history: list[Checkpoint]) -> str:
 
 
 def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, progress=None,
-             checkpoint_path: str | Path | None = None, extra_state: dict | None = None) -> TrainResult:
+             checkpoint_path: str | Path | None = None, extra_state: dict | None = None,
+             should_stop=None) -> TrainResult:
     """Train one recipe; ``on_checkpoint(ckpt)`` sees every checkpoint, ``progress(step)`` every step.
 
     With ``checkpoint_path``, the full training state (model, optimizer with its noise generator, objective,
     samplers, every RNG, history) is saved there atomically at each checkpoint, and a run whose file exists
     resumes from it. ``extra_state`` rides along (the MLflow run id). Raises ``TrainingDiverged`` at the first
-    non-finite loss.
+    non-finite loss, and ``Preempted`` (after saving) when ``should_stop()`` turns true between two steps.
     """
     seed = recipe.training.seed
     torch.manual_seed(seed)
@@ -187,6 +188,19 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
 
     steps, freq = recipe.training.steps, recipe.training.checkpoint_freq
     window: dict[str, list[float]] = {}
+
+    def save(step: int) -> None:
+        finished = step == steps - 1
+        save_checkpoint(checkpoint_path, {
+            "step": step, "finished": finished, "recipe_hash": recipe.hash(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "objective": objective.state_dict(), "batcher": batcher.state_dict(), "rng": rng_state(),
+            "history": [{"step": c.step, "metrics": c.metrics, "row": c.row} for c in history],
+            **(extra_state or {}),
+        })
+        save_meta(checkpoint_path, {"step": step, "finished": finished, "recipe_hash": recipe.hash(),
+                                    **(extra_state or {})})
+
     for step in range(start, steps):
         t0 = time.perf_counter()
         xs, ys, weights = batcher.next()
@@ -228,13 +242,9 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
             if on_checkpoint is not None:  # logged before saved: a kill in between re-logs, never loses
                 on_checkpoint(ckpt)
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, {
-                    "step": step, "finished": step == steps - 1, "recipe_hash": recipe.hash(),
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "objective": objective.state_dict(), "batcher": batcher.state_dict(), "rng": rng_state(),
-                    "history": [{"step": c.step, "metrics": c.metrics, "row": c.row} for c in history],
-                    **(extra_state or {}),
-                })
-                save_meta(checkpoint_path, {"step": step, "finished": step == steps - 1,
-                                            "recipe_hash": recipe.hash(), **(extra_state or {})})
+                save(step)
+        if should_stop is not None and should_stop() and step < steps - 1:
+            if checkpoint_path is not None:
+                save(step)
+            raise Preempted(step)
     return TrainResult(history, model, optimizer, data, resumed_from)

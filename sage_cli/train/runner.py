@@ -6,6 +6,7 @@ the MLflow run exists, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..errors import TrainingDiverged
+from ..errors import Preempted, TrainingDiverged
 from ..recipe import Recipe
 from ..track.mlflow_run import MlflowRun, resolve_tracking_uri
 
@@ -35,8 +36,28 @@ class RunOutcome:
     selected_target_acc: float | None = None
 
 
+def scheduler_job_id() -> str:
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID") or f"local:{os.getpid()}"
+
+
+def sweep_tags() -> dict[str, str]:
+    """Tags that tie a run to its sweep, from the environment a launcher gives the job."""
+    sweep = os.environ.get("SAGE_SWEEP_ID")
+    if not sweep:
+        return {}
+    tags = {"sage.sweep_id": sweep, "sage.scheduler_job_id": scheduler_job_id(),
+            "sage.attempt": str(int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1)}
+    if os.environ.get("SAGE_PARENT_RUN_ID"):
+        tags["mlflow.parentRunId"] = os.environ["SAGE_PARENT_RUN_ID"]
+    return tags
+
+
 def run_tags(recipe: Recipe) -> dict[str, str]:
     return {
+        **sweep_tags(),
+        "sage.job_hash": recipe.hash(),
         "sage.recipe_hash": recipe.hash(),
         "sage.dataset": recipe.dataset.name,
         "sage.method": recipe.optimizer.method,
@@ -63,7 +84,8 @@ def checkpoint_path_for(recipe: Recipe) -> Path:
     return Path(recipe.training.output_dir) / recipe.hash() / "checkpoint.pt"
 
 
-def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = False) -> RunOutcome:
+def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = False,
+               should_stop=None) -> RunOutcome:
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
     resumed, in the same MLflow run where this store has it; ``restart`` discards it instead."""
     from .checkpoint import read_meta, remove_checkpoint
@@ -91,7 +113,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                         console=console, transient=False)
     try:
         if meta is not None:
-            run.set_tags({"sage.resumed_from_step": first_step})
+            run.set_tags({"sage.resumed_from_step": first_step, **sweep_tags()})
             run.log_metrics({"resumed_from_step": first_step}, step=first_step)
             console.print(f"resuming from step {first_step} ({ckpt_path})")
         else:
@@ -109,7 +131,11 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                 progress.update(task, status=f"loss {ckpt.metrics['loss']:.3f} · test out {accs}")
 
             result = train_dg(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step,
-                              checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri})
+                              checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
+                              should_stop=should_stop)
+    except Preempted as exc:  # the job comes back (requeued) and resumes in this same run
+        run.set_tags({"sage.preempted_at_step": exc.step})
+        raise
     except TrainingDiverged as exc:
         run.set_tags({"sage.failed_step": exc.step, "sage.failure": str(exc)})
         if history:

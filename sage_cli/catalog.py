@@ -1,0 +1,53 @@
+"""Every built-in dataset, backbone, objective and optimizer method, by name → where it lives.
+
+Adding a method is one short module plus one line here. Names resolve lazily, so checking a recipe never
+imports torch.
+"""
+
+from __future__ import annotations
+
+from .registry import Registry
+
+# Environments of each dataset, in DomainBed's order (sorted folder names): recipe checks need their count.
+DATASET_ENVS: dict[str, list[str]] = {
+    "rotated_digits": ["0", "15", "30", "45", "60", "75"],
+    "pacs": ["art_painting", "cartoon", "photo", "sketch"],
+    "vlcs": ["Caltech101", "LabelMe", "SUN09", "VOC2007"],
+    "officehome": ["Art", "Clipart", "Product", "Real World"],
+    "terraincognita": ["location_100", "location_38", "location_43", "location_46"],
+    "domainnet": ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"],
+}
+
+DATASETS = Registry("dataset", {
+    "rotated_digits": "sage_cli.data.digits:RotatedDigits",
+    "pacs": "sage_cli.data.domainbed:PACS",
+    "vlcs": "sage_cli.data.domainbed:VLCS",
+    "officehome": "sage_cli.data.domainbed:OfficeHome",
+    "terraincognita": "sage_cli.data.domainbed:TerraIncognita",
+    "domainnet": "sage_cli.data.domainbed:DomainNet",
+})
+
+MODELS = Registry("backbone", {
+    "small_cnn": "sage_cli.models.cnn:small_cnn",
+    "clip": "sage_cli.models.clip:clip",
+    "clip_vit_b16": "sage_cli.models.clip:clip_vit_b16",
+    "resnet50": "sage_cli.models.resnet:resnet50",
+})
+
+OBJECTIVES = Registry("objective", {
+    "erm": "sage_cli.objectives:ERM",
+    "irm": "sage_cli.objectives.penalties:IRM",
+    "vrex": "sage_cli.objectives.penalties:VREx",
+    "mmd": "sage_cli.objectives.penalties:MMD",
+    "coral": "sage_cli.objectives.penalties:CORAL",
+    "dann": "sage_cli.objectives.adversarial:DANN",
+    "cdann": "sage_cli.objectives.adversarial:CDANN",
+    "rsc": "sage_cli.objectives.rsc:RSC",
+    "fish": "sage_cli.objectives.fish:Fish",
+    "iib": "sage_cli.objectives.iib:IIB",
+})
+
+METHODS = Registry("optimizer method", {
+    name: f"sage_cli.optim.builders:{name}"
+    for name in ("erm", "sage", "sam", "asam", "gsam", "sagm", "disam", "gam", "gga", "sgld", "muon")
+})

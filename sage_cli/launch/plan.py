@@ -1,0 +1,147 @@
+"""Plan: a recipe (or an experiment file of recipes × method overrides) crossed with sweep axes (ρ, γ,
+seeds, test envs, the Fig. 3 components) → jobs. A job is a resolved recipe; its hash is its identity."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..catalog import DATASET_ENVS
+from ..errors import UserError
+from ..recipe import Recipe, SlurmConfig, _Loader, flatten_dict, load_recipe
+from ..registry import did_you_mean
+
+# The Fig. 3 ablation (OfficeHome): each SAGE component removed, Muon, and the full method.
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "no_newton_schulz": {"optimizer.method": "sage", "optimizer.polar": "none"},
+    "no_scaling": {"optimizer.method": "sage", "optimizer.scale_by_weight_norm": False},
+    "no_noise": {"optimizer.method": "sage", "optimizer.noise": False},
+    "muon": {"optimizer.method": "muon"},
+    "sage": {"optimizer.method": "sage"},
+}
+
+
+@dataclass
+class Job:
+    label: str  # human-readable: what varies
+    recipe: Recipe
+    hash: str = field(init=False)
+
+    def __post_init__(self):
+        self.hash = self.recipe.hash()
+
+
+def _set(data: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def resolve(base: dict, overrides: dict[str, Any], where: str) -> Recipe:
+    data = yaml.safe_load(yaml.safe_dump(base))  # a deep copy of plain data
+    for dotted, value in overrides.items():
+        _set(data, dotted, value)
+    try:
+        return Recipe.model_validate(data)
+    except Exception as exc:  # pydantic's message, shortened to its first error
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            err = errors()[0]
+            raise UserError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise UserError(f"{where}: {exc}") from None
+
+
+def test_env_values(recipe: Recipe, spec) -> list[int]:
+    n = len(DATASET_ENVS[recipe.dataset.name])
+    if spec in (None, "recipe"):
+        spec = recipe.sweep.test_envs
+    if spec == "all":
+        return list(range(n))
+    values = [int(v) for v in spec]
+    for v in values:
+        if not 0 <= v < n:
+            raise UserError(f"test env {v} is out of range: {recipe.dataset.name} has envs 0..{n - 1}")
+    return values
+
+
+def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[str, Any]] | None = None,
+           seeds: list[int] | None = None, test_envs=None, source: str = "recipe", label: str = "") -> list[Job]:
+    """Every combination of ``axes`` (dotted key → values) × ``variants`` (label → overrides) × seeds ×
+    test envs, each a validated recipe."""
+    base = recipe.model_dump(mode="json")
+    variants = variants or {"": {}}
+    seeds = seeds if seeds is not None else list(recipe.sweep.seeds)
+    envs = test_env_values(recipe, test_envs)
+    keys = list(axes)
+    jobs = []
+    for values in itertools.product(*(axes[k] for k in keys)):
+        point = dict(zip(keys, values))
+        for variant, overrides in variants.items():
+            for seed in seeds:
+                for env in envs:
+                    all_overrides = {**point, **overrides, "training.seed": seed, "dataset.test_envs": [env]}
+                    parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \
+                            [f"seed={seed}", f"env={env}"]
+                    jobs.append(Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source)))
+    return jobs
+
+
+def sweep_id(name: str, jobs: list[Job]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(j.hash for j in jobs)).encode()).hexdigest()[:8]
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    return f"{safe}-{digest}"
+
+
+# ------------------------------------------------------------------------------------- experiment files
+@dataclass
+class Experiment:
+    name: str
+    jobs: list[Job]
+    slurm: SlurmConfig | None
+    tracking_experiment: str
+
+
+EXPERIMENT_KEYS = {"name", "recipes", "methods", "grid", "components", "seeds", "test_envs", "overrides", "slurm",
+                   "experiment"}
+
+
+def load_experiment(path: str | Path, seeds=None, test_envs=None) -> Experiment:
+    """An experiment file: ``recipes`` × ``methods`` (label → overrides) × ``grid`` (key → values)
+    [× ``components``] × seeds × test envs. Recipe paths are relative to the file or the working dir."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: experiment file not found")
+    try:
+        spec = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(spec, dict) or not spec.get("recipes"):
+        raise UserError(f"{path}: an experiment file needs a mapping with a 'recipes' list")
+    for key in spec:
+        if key not in EXPERIMENT_KEYS:
+            raise UserError(f"{path}: {key}: unknown key{did_you_mean(key, EXPERIMENT_KEYS)}")
+    methods = spec.get("methods") or {"": {}}
+    if spec.get("components"):
+        methods = {**methods, **COMPONENTS}
+    common = spec.get("overrides") or {}
+    grid = {k: list(v) for k, v in (spec.get("grid") or {}).items()}
+    jobs: list[Job] = []
+    for entry in spec["recipes"]:
+        candidates = [path.parent / entry, Path(entry), path.parent.parent / entry]
+        recipe_path = next((c for c in candidates if c.is_file()), None)
+        if recipe_path is None:
+            raise UserError(f"{path}: recipe {entry} not found")
+        recipe = load_recipe(recipe_path, flatten_dict(common) if common else None)
+        label = recipe.name or recipe_path.stem
+        variants = {m: flatten_dict(o or {}) for m, o in methods.items()}
+        jobs += expand(recipe, grid, variants, seeds if seeds is not None else spec.get("seeds"),
+                       test_envs if test_envs is not None else spec.get("test_envs"), str(path), label)
+    slurm = SlurmConfig.model_validate(spec["slurm"]) if spec.get("slurm") else None
+    name = spec.get("name") or path.stem
+    return Experiment(name, jobs, slurm, spec.get("experiment") or name)

@@ -1,0 +1,145 @@
+"""The SLURM launcher, through submitit: job arrays (split to the cluster's MaxArraySize), submitted without
+waiting; each job is checkpointable — on preemption or time-out it saves a checkpoint, requeues, and the
+requeued job resumes from it in the same MLflow run. Queue state comes from squeue (never sacct, which
+needs accounting), with a timeout so a query never hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import submitit
+from rich.console import Console
+
+from ..recipe import SlurmConfig
+from .state import JobRecord, SweepState
+
+QUERY_TIMEOUT_S = 10
+
+
+def _query(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def max_array_size(default: int = 1001) -> int:
+    out = _query(["scontrol", "show", "config"])
+    for line in (out or "").splitlines():
+        if line.split("=")[0].strip() == "MaxArraySize":
+            try:
+                return int(line.split("=", 1)[1])
+            except ValueError:
+                break
+    return default
+
+
+def queue_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM state of each job id ("<array>_<task>" or plain), as far as the controller still knows it
+    (``--states=all`` keeps recently ended jobs visible). Empty when SLURM cannot be asked."""
+    ids = sorted({j.split("_")[0] for j in job_ids if j and not j.startswith("local:")})
+    if not ids:
+        return {}
+    out = _query(["squeue", "--states=all", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)])
+    states = {}
+    for line in (out or "").splitlines():
+        if "|" in line:
+            job_id, state = line.strip().split("|", 1)
+            states[job_id] = state
+    return states
+
+
+class _Preemption:
+    """Turns submitit's preemption signal into a flag the training loop checks between steps, so the
+    checkpoint it saves is of a whole step, then hands over to submitit to requeue."""
+
+    def __init__(self):
+        self.signal = None
+        self.original = None
+
+    def install(self):
+        usr = signal.SIGUSR2
+        self.original = signal.getsignal(usr)
+        signal.signal(usr, self._handler)
+
+    def _handler(self, signum, frame):
+        self.signal = (signum, frame)
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def hand_over(self):
+        if callable(self.original):
+            self.original(*self.signal)  # submitit: checkpoint() below, requeue, exit
+
+
+class SweepJob(submitit.helpers.Checkpointable):
+    """One sweep job as submitit runs it: `sage run` of its resolved recipe, in the sweep's environment."""
+
+    def __init__(self, recipe_path: str, env: dict[str, str]):
+        self.recipe_path, self.env = recipe_path, env
+
+    def __call__(self) -> str:
+        from ..errors import Preempted
+        from ..recipe import load_recipe
+        from ..train.runner import run_recipe
+
+        os.environ.update(self.env)
+        preemption = _Preemption()
+        preemption.install()
+        try:
+            outcome = run_recipe(load_recipe(self.recipe_path), console=Console(width=120),
+                                 should_stop=preemption.requested)
+        except Preempted:
+            preemption.hand_over()
+            raise
+        return outcome.run_id
+
+
+def _executor(state: SweepState, cfg: SlurmConfig) -> submitit.AutoExecutor:
+    executor = submitit.AutoExecutor(folder=state.dir / "slurm", cluster="slurm")
+    params = dict(name=state.id, timeout_min=cfg.timeout_min, mem_gb=cfg.mem_gb, cpus_per_task=cfg.cpus_per_task,
+                  slurm_array_parallelism=cfg.array_parallelism, slurm_setup=list(cfg.setup),
+                  slurm_additional_parameters=dict(cfg.additional_parameters))
+    if cfg.gpus_per_node:
+        params["gpus_per_node"] = cfg.gpus_per_node
+    if cfg.partition:
+        params["slurm_partition"] = cfg.partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit(state: SweepState, jobs: list[JobRecord], cfg: SlurmConfig, console: Console) -> list[str]:
+    """Submit ``jobs`` as arrays and return at once with their SLURM ids."""
+    from .sweep import job_environment
+
+    if not jobs:
+        console.print("nothing to submit")
+        return []
+    executor = _executor(state, cfg)
+    env = {**job_environment(state), "OMP_NUM_THREADS": str(cfg.cpus_per_task)}
+    chunk = max(1, max_array_size())
+    ids: list[str] = []
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start:start + chunk]
+        with executor.batch():
+            submitted = [executor.submit(SweepJob(j.recipe_path, env)) for j in part]
+        for record, job in zip(part, submitted):
+            record.scheduler_id = str(job.job_id)
+            record.log_path = str(Path(job.paths.stdout))
+            record.status = ""
+            ids.append(str(job.job_id))
+    state.save()
+    arrays = sorted({i.split("_")[0] for i in ids}, key=int)
+    console.print(f"submitted {len(ids)} jobs to SLURM as array(s) {', '.join(arrays)}")
+    return ids
+
+
+def cancel(job_ids: list[str]) -> None:
+    ids = sorted({j for j in job_ids if j and not j.startswith("local:")})
+    if ids:
+        _query(["scancel", *ids])

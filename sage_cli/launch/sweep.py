@@ -1,0 +1,108 @@
+"""Launch a planned sweep: skip jobs whose recipe already has a FINISHED run, record the sweep, create its
+parent MLflow run and the store once, then hand the jobs to a launcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ..recipe import SlurmConfig
+from ..track.mlflow_run import absolute_uri, finished_hashes, resolve_tracking_uri
+from .plan import Job
+from .state import JobRecord, SweepState
+
+
+@dataclass
+class SweepPlan:
+    id: str
+    name: str
+    jobs: list[Job]
+    tracking_uri: str
+    experiment: str
+    slurm: SlurmConfig
+    finished: set[str]
+
+    @property
+    def to_run(self) -> list[Job]:
+        return [j for j in self.jobs if j.hash not in self.finished]
+
+
+def make_plan(sweep_id: str, name: str, jobs: list[Job], tracking_uri: str | None, experiment: str,
+              slurm: SlurmConfig | None, force: bool) -> SweepPlan:
+    unique = list({j.hash: j for j in jobs}.values())  # the same resolved recipe twice is one job
+    uri = absolute_uri(resolve_tracking_uri(tracking_uri or unique[0].recipe.tracking.uri))
+    done = set() if force else finished_hashes(uri) & {j.hash for j in unique}
+    return SweepPlan(sweep_id, name, unique, uri, experiment, slurm or unique[0].recipe.slurm, done)
+
+
+def job_table(plan: SweepPlan, limit: int = 200) -> Table:
+    table = Table(title=f"sweep {plan.id}", title_justify="left")
+    for col in ("#", "job", "hash", "state"):
+        table.add_column(col)
+    for i, job in enumerate(plan.jobs[:limit]):
+        table.add_row(str(i), job.label, job.hash, "finished" if job.hash in plan.finished else "to run")
+    if len(plan.jobs) > limit:
+        table.add_row("…", f"{len(plan.jobs) - limit} more", "", "")
+    return table
+
+
+def summary_line(plan: SweepPlan) -> str:
+    return f"{len(plan.jobs)} jobs ({len(plan.to_run)} to run, {len(plan.finished)} already finished)"
+
+
+def record(plan: SweepPlan, launcher: str) -> SweepState:
+    """Write the sweep folder (each job's resolved recipe) and create the store and parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from ..track.mlflow_run import prepare_store
+
+    try:
+        state = SweepState.load(plan.id)
+    except Exception:
+        state = SweepState(plan.id, plan.name, plan.tracking_uri, plan.experiment)
+    state.launcher, state.tracking_uri = launcher, plan.tracking_uri
+    experiment_id = prepare_store(plan.tracking_uri, plan.experiment)
+    client = MlflowClient(tracking_uri=plan.tracking_uri)
+    if not state.parent_run_id:
+        parent = client.create_run(experiment_id, run_name=plan.id,
+                                   tags={"sage.sweep_id": plan.id, "sage.sweep_parent": "true"})
+        state.parent_run_id = parent.info.run_id
+        client.log_param(state.parent_run_id, "jobs", len(plan.jobs))
+    else:
+        client.update_run(state.parent_run_id, status="RUNNING")
+    jobs_dir = state.dir / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    for job in plan.jobs:
+        recipe = job.recipe.model_copy(deep=True)
+        recipe.tracking.uri, recipe.tracking.experiment = plan.tracking_uri, plan.experiment
+        recipe.training.output_dir = str((state.dir / "runs").resolve())
+        path = jobs_dir / f"{job.hash}.yaml"
+        path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        previous = state.jobs.get(job.hash)
+        state.jobs[job.hash] = JobRecord(job.hash, job.label, str(path), launcher,
+                                         previous.scheduler_id if previous else "",
+                                         previous.log_path if previous else "",
+                                         "finished" if job.hash in plan.finished else "")
+    state.save()
+    return state
+
+
+def job_environment(state: SweepState) -> dict[str, str]:
+    return {"SAGE_SWEEP_ID": state.id, "SAGE_PARENT_RUN_ID": state.parent_run_id}
+
+
+def launch(plan: SweepPlan, launcher: str, max_parallel: int, console: Console) -> SweepState:
+    state = record(plan, launcher)
+    jobs = [state.jobs[j.hash] for j in plan.to_run]
+    if launcher == "slurm":
+        from .slurm import submit
+
+        submit(state, jobs, plan.slurm, console)
+    else:
+        from .local import run_local
+
+        run_local(state, jobs, max_parallel, console)
+    return state
