@@ -188,17 +188,10 @@ def ablate(
             axes["optimizer.gamma"] = _split(gamma, float, "gamma")
         if not axes and not components:
             raise UserError("give --rho and/or --gamma values, or --components")
-        variants = {"sage": {"optimizer.method": "sage"}} if axes else {}
-        if components:
-            variants = {**variants, **{k: v for k, v in COMPONENTS.items()}}
-            if axes:  # components run at the recipe's own ρ and γ, not over the grid
-                jobs = expand(base, axes, {"sage": {"optimizer.method": "sage"}}, _split(seeds, int, "seeds"),
-                              _test_envs(test_envs), str(recipe)) + \
-                    expand(base, {}, COMPONENTS, _split(seeds, int, "seeds"), _test_envs(test_envs), str(recipe))
-            else:
-                jobs = expand(base, {}, COMPONENTS, _split(seeds, int, "seeds"), _test_envs(test_envs), str(recipe))
-        else:
-            jobs = expand(base, axes, variants, _split(seeds, int, "seeds"), _test_envs(test_envs), str(recipe))
+        run_seeds, run_envs = _split(seeds, int, "seeds"), _test_envs(test_envs)
+        jobs = expand(base, axes, {"sage": {"optimizer.method": "sage"}}, run_seeds, run_envs, str(recipe)) if axes else []
+        if components:  # Fig. 3's variants run at the recipe's own ρ and γ, not over the grid
+            jobs += expand(base, {}, COMPONENTS, run_seeds, run_envs, str(recipe))
         name = f"ablate-{base.name or recipe.stem}"
         _launch(sweep_id(name, jobs), name, jobs, tracking_uri, base.tracking.experiment, None, launcher,
                 max_parallel, dry_run, force)

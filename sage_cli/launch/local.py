@@ -62,6 +62,7 @@ def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, conso
                         state.save()
                 live.update(_table(state, status))
                 time.sleep(0.2)
+        console.print()
     except KeyboardInterrupt:
         for _job, proc in running.values():
             proc.send_signal(signal.SIGINT)  # the job marks its MLflow run KILLED itself

@@ -3,9 +3,9 @@ parent MLflow run and the store once, then hand the jobs to a launcher."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -79,8 +79,8 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
         recipe = job.recipe.model_copy(deep=True)
         recipe.tracking.uri, recipe.tracking.experiment = plan.tracking_uri, plan.experiment
         recipe.training.output_dir = str((state.dir / "runs").resolve())
-        path = jobs_dir / f"{job.hash}.yaml"
-        path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        path = jobs_dir / f"{job.hash}.json"  # JSON is YAML too, and writes a thousand times faster
+        path.write_text(json.dumps(recipe.model_dump(mode="json"), indent=1))
         previous = state.jobs.get(job.hash)
         state.jobs[job.hash] = JobRecord(job.hash, job.label, str(path), launcher,
                                          previous.scheduler_id if previous else "",
@@ -102,7 +102,11 @@ def launch(plan: SweepPlan, launcher: str, max_parallel: int, console: Console) 
 
         submit(state, jobs, plan.slurm, console)
     else:
+        from mlflow.tracking import MlflowClient
+
         from .local import run_local
 
-        run_local(state, jobs, max_parallel, console)
+        status = run_local(state, jobs, max_parallel, console)
+        ok = all(s == "finished" for s in status.values())
+        MlflowClient(tracking_uri=state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
     return state

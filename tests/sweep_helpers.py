@@ -1,0 +1,29 @@
+"""Helpers for the sweep tests: run the real `sage` command in a folder, read the MLflow store back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
+TINY = ["--set", "training.steps=3", "--set", "training.checkpoint_freq=2", "--set", "training.batch_size=8"]
+
+
+def sage(args, cwd, env=None, timeout=600, **kw):
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(Path(cwd) / "sweeps"), **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "sage_cli", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return client, [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def child_runs(uri):
+    client, all_runs = runs(uri)
+    return client, [r for r in all_runs if "sage.job_hash" in r.data.tags]

@@ -1,0 +1,190 @@
+"""`sage ablate` / `sage sweep` with the local launcher, real MLflow stores (sqlite and a real server)."""
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sweep_helpers import QUICKSTART, ROOT, TINY, child_runs, runs, sage
+
+from sage_cli.launch.plan import COMPONENTS, expand, load_experiment
+from sage_cli.recipe import load_recipe
+
+
+def test_ablation_grid_and_components_plan():
+    base = load_recipe(QUICKSTART)
+    grid = expand(base, {"optimizer.rho": [1e-6, 1e-5], "optimizer.gamma": [1e-6, 1e-5]}, seeds=[0, 1],
+                  test_envs=[4, 5])
+    assert len(grid) == 16 and len({j.hash for j in grid}) == 16
+    assert {(j.recipe.optimizer.rho, j.recipe.training.seed, j.recipe.dataset.test_envs[0]) for j in grid} >= \
+        {(1e-6, 0, 4), (1e-5, 1, 5)}
+    parts = expand(base, {}, COMPONENTS)
+    by_label = {j.label: j.recipe for j in parts}
+    assert by_label["no_newton_schulz seed=0 env=5"].optimizer.polar == "none"
+    assert by_label["no_scaling seed=0 env=5"].optimizer.scale_by_weight_norm is False
+    assert by_label["no_noise seed=0 env=5"].optimizer.noise is False
+    assert by_label["muon seed=0 env=5"].optimizer.method == "muon"
+    assert all(r.optimizer.rho == base.optimizer.rho for r in by_label.values())
+
+
+def test_experiment_files_expand():
+    table1 = load_experiment(ROOT / "experiments" / "table1_domainbed.yaml")
+    envs = 4 + 4 + 4 + 4 + 6
+    methods = {j.label.split(" ")[1] for j in table1.jobs}
+    assert {"ERM", "SAGE", "IRM", "CORAL", "SAM", "GGA", "DISAM", "Fish"} <= methods
+    assert len(table1.jobs) == envs * 3 * len(methods)
+    fig3 = load_experiment(ROOT / "experiments" / "figure3_officehome.yaml")
+    labels = {j.label.split(" ")[1] for j in fig3.jobs}
+    assert {"no_newton_schulz", "no_scaling", "no_noise", "muon", "sage"} <= labels
+
+
+def test_dry_run_prints_table_and_summary_and_creates_nothing(tmp_path):
+    proc = sage(["ablate", QUICKSTART, "--rho", "1e-6,1e-5", "--gamma", "1e-6,1e-5", "--dry-run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "4 jobs (4 to run, 0 already finished)"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ablate", QUICKSTART], "give --rho and/or --gamma"),
+    (["ablate", QUICKSTART, "--rho", "x,1"], "expected a comma-separated list"),
+    (["ablate", QUICKSTART, "--rho", "1e-3", "--launcher", "k8s"], "choose local or slurm"),
+    (["ablate", QUICKSTART, "--rho", "1e-3", "--test-envs", "9"], "test env 9 is out of range"),
+    (["sweep", "nope.yaml"], "experiment file not found"),
+    (["status", "nosuchsweep"], "no sweep 'nosuchsweep'"),
+    (["logs", "deadbeef"], "no job 'deadbeef'"),
+])
+def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, message):
+    proc = sage(args, tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_key_in_experiment_file(tmp_path):
+    (tmp_path / "exp.yaml").write_text(f"recipes: [{QUICKSTART}]\nseedz: [0]\n")
+    proc = sage(["sweep", "exp.yaml", "--dry-run"], tmp_path)
+    assert proc.returncode == 2 and "seedz: unknown key (did you mean 'seeds'?)" in proc.stderr
+
+
+def test_local_pool_runs_four_jobs_two_at_a_time_then_skips_them(tmp_path):
+    args = ["ablate", QUICKSTART, "--rho", "1e-3,1e-2", "--gamma", "1e-3,1e-2", *TINY, "--max-parallel", "2"]
+    proc = sage(args, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 jobs (4 to run, 0 already finished)" in proc.stdout
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, children = child_runs(uri)
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    parent_ids = {r.data.tags["mlflow.parentRunId"] for r in children}
+    assert len(parent_ids) == 1
+    parent = client.get_run(parent_ids.pop())
+    assert parent.info.status == "FINISHED" and parent.data.tags["sage.sweep_id"] == children[0].data.tags["sage.sweep_id"]
+    for r in children:
+        assert r.data.tags["sage.attempt"] == "1" and r.data.tags["sage.scheduler_job_id"].startswith("local:")
+        assert r.data.tags["sage.job_hash"] == r.data.tags["sage.recipe_hash"]
+        assert "env5_in_acc" in r.data.metrics
+    # the two processes overlapped
+    spans = sorted((r.info.start_time, r.info.end_time) for r in children)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+    again = sage(args, tmp_path)
+    assert again.returncode == 0 and "4 jobs (0 to run, 4 already finished)" in again.stdout
+    assert len(child_runs(uri)[1]) == 4
+    status = sage(["status", children[0].data.tags["sage.sweep_id"]], tmp_path, env={"COLUMNS": "200"})
+    assert status.returncode == 0 and status.stdout.strip().splitlines()[-1] == "4 finished"
+    log = sage(["logs", children[0].data.tags["sage.job_hash"][:10]], tmp_path)
+    assert log.returncode == 0 and "target env 5 accuracy" in log.stdout
+
+
+def test_ctrl_c_stops_local_sweep_and_marks_runs_killed(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(tmp_path / "sweeps")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sage_cli", "ablate", QUICKSTART, "--rho", "1e-3,2e-3",
+                             "--set", "training.steps=5000", "--set", "training.checkpoint_freq=50"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # sweep.json is written once the store exists (never race its creation)
+        if list(tmp_path.glob("sweeps/*/sweep.json")) and any(r.info.status == "RUNNING" for r in child_runs(uri)[1]):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    client, children = child_runs(uri)
+    assert [r.info.status for r in children] == ["KILLED"]  # the second job never started
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_against_a_real_mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art"),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import urllib.request
+
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        work = tmp_path / "work"
+        work.mkdir()
+        proc = sage(["ablate", QUICKSTART, "--rho", "1e-3,2e-3", *TINY, "--tracking-uri", uri, "--max-parallel", "2"], work)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        client, children = child_runs(uri)
+        assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+        assert {a.path for a in client.list_artifacts(children[0].info.run_id)} == {"recipe.yaml", "results.jsonl",
+                                                                                  "checkpoint.pt"}
+        assert not (work / "mlflow.db").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _writer(uri: str, i: int) -> None:
+    from sage_cli.track.mlflow_run import MlflowRun
+
+    run = MlflowRun(uri, "concurrency", f"writer-{i}", {"sage.recipe_hash": f"h{i}"})
+    run.log_params({"i": i})
+    for step in range(10):
+        run.log_metrics({"loss": 1.0 / (step + 1), "acc": step / 10}, step=step)
+    run.finish()
+
+
+def test_32_concurrent_jobs_into_one_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the store and experiment are created once, in another process, before the fan-out
+    subprocess.run([sys.executable, "-c", f"from sage_cli.track.mlflow_run import prepare_store; "
+                    f"prepare_store('{uri}', 'concurrency')"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    import mlflow.tracking  # noqa: F401  (imported once, inherited by the forked writers)
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(uri, i)) for i in range(32)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * 32
+    client, all_runs = runs(uri)
+    assert len(all_runs) == 32 and {r.info.status for r in all_runs} == {"FINISHED"}
+    for r in all_runs:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")] == list(range(10))
+        assert len(client.get_metric_history(r.info.run_id, "acc")) == 10
