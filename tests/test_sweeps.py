@@ -108,13 +108,19 @@ def test_ctrl_c_stops_local_sweep_and_marks_runs_killed(tmp_path):
                              "--set", "training.steps=5000", "--set", "training.checkpoint_freq=50"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # sweep.json is written once the store exists (never race its creation)
-        if list(tmp_path.glob("sweeps/*/sweep.json")) and any(r.info.status == "RUNNING" for r in child_runs(uri)[1]):
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # sweep.json is written once the store exists (never race its creation)
+            if list(tmp_path.glob("sweeps/*/sweep.json")) and any(
+                    r.info.status == "RUNNING" for r in child_runs(uri)[1]):
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:  # never leave a 5000-step sweep behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, out + err
     client, children = child_runs(uri)
     assert [r.info.status for r in children] == ["KILLED"]  # the second job never started

@@ -1,0 +1,84 @@
+"""MTL metrics as in the FAMO / Nash-MTL references, and Δm against the single-task (STL) baselines.
+
+Δm = 100 · mean_i (−1)^{s_i} (M_i − B_i) / B_i, with s_i = 1 when higher is better, over every metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    metrics: tuple[str, ...]
+    higher_is_better: tuple[bool, ...]
+    stl: tuple[float, ...]  # the single-task references the paper's Δm is measured against
+
+
+NYUV2 = Benchmark(
+    ("miou", "pixacc", "abs", "rel", "mean", "median", "within_11.25", "within_22.5", "within_30"),
+    (True, True, False, False, False, False, True, True, True),
+    (38.30, 63.76, 0.6754, 0.2780, 25.01, 19.21, 30.14, 57.20, 69.15),
+)
+CITYSCAPES = Benchmark(("miou", "pixacc", "abs", "rel"), (True, True, False, False), (74.01, 93.16, 0.0125, 27.77))
+
+
+def delta_m(values, reference, higher_is_better) -> float:
+    """Δm in percent (lower is better): the mean relative drop of every metric against ``reference``."""
+    values, reference, higher = list(values), list(reference), list(higher_is_better)
+    if not (len(values) == len(reference) == len(higher)) or not values:
+        raise ValueError("delta_m needs values, reference and higher_is_better of one (non-zero) length")
+    terms = [(-1 if up else 1) * (m - b) / b for m, b, up in zip(values, reference, higher)]
+    return 100.0 * sum(terms) / len(terms)
+
+
+class ConfusionMatrix:
+    """Segmentation metrics from a running confusion matrix (pixels labelled −1 are ignored)."""
+
+    def __init__(self, n_classes: int):
+        self.n = n_classes
+        self.matrix = torch.zeros(n_classes, n_classes, dtype=torch.long)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        keep = target >= 0
+        idx = target[keep].long() * self.n + pred[keep].long()
+        self.matrix += torch.bincount(idx.cpu(), minlength=self.n * self.n).reshape(self.n, self.n)
+
+    def miou(self) -> float:
+        m = self.matrix.double()
+        inter = m.diag()
+        union = m.sum(0) + m.sum(1) - inter
+        present = union > 0
+        return float((inter[present] / union[present]).mean()) if present.any() else 0.0
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum()
+        return float(self.matrix.diag().sum().double() / total) if total > 0 else 0.0
+
+
+def depth_errors(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """Mean absolute and relative error over valid pixels (depth 0 means no measurement)."""
+    valid = target != 0
+    diff = (pred - target)[valid].abs()
+    if diff.numel() == 0:
+        return 0.0, 0.0
+    return float(diff.mean()), float((diff / target[valid].abs()).mean())
+
+
+def normal_angles(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees between predicted and true unit normals (N, 3, H, W), at valid (non-zero) pixels."""
+    valid = target.abs().sum(1) > 0
+    cos = (pred * target).sum(1).clamp(-1, 1)[valid]
+    return torch.rad2deg(torch.acos(cos))
+
+
+def normal_metrics(angles: torch.Tensor) -> dict[str, float]:
+    if angles.numel() == 0:
+        return {"mean": 0.0, "median": 0.0, "within_11.25": 0.0, "within_22.5": 0.0, "within_30": 0.0}
+    a = angles.double()
+    return {"mean": float(a.mean()), "median": float(a.median()),
+            "within_11.25": 100 * float((a < 11.25).double().mean()),
+            "within_22.5": 100 * float((a < 22.5).double().mean()),
+            "within_30": 100 * float((a < 30).double().mean())}
