@@ -1,5 +1,6 @@
 """`sage ablate` / `sage sweep` with the local launcher, real MLflow stores (sqlite and a real server)."""
 
+import json
 import multiprocessing
 import os
 import signal
@@ -117,10 +118,17 @@ def test_ctrl_c_stops_local_sweep_and_marks_runs_killed(tmp_path):
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:  # never leave a 5000-step sweep behind
+    finally:  # never leave a 5000-step sweep (or its job processes) behind
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for state in tmp_path.glob("sweeps/*/sweep.json"):
+            for job in json.loads(state.read_text())["jobs"].values():
+                if job["scheduler_id"].startswith("local:"):
+                    try:
+                        os.kill(int(job["scheduler_id"].split(":")[1]), signal.SIGKILL)
+                    except OSError:
+                        pass
     assert proc.returncode == 130, out + err
     client, children = child_runs(uri)
     assert [r.info.status for r in children] == ["KILLED"]  # the second job never started
