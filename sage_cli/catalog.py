@@ -51,3 +51,18 @@ METHODS = Registry("optimizer method", {
     name: f"sage_cli.optim.builders:{name}"
     for name in ("erm", "sage", "sam", "asam", "gsam", "sagm", "disam", "gam", "gga", "sgld", "muon")
 })
+
+AGGREGATORS = Registry("aggregator", {
+    "ls": "sage_cli.mtl.aggregators:LS",
+    "stl": "sage_cli.mtl.aggregators:STL",
+    "si": "sage_cli.mtl.aggregators:SI",
+    "rlw": "sage_cli.mtl.aggregators:RLW",
+    "dwa": "sage_cli.mtl.aggregators:DWA",
+    "uw": "sage_cli.mtl.aggregators:UW",
+    "famo": "sage_cli.mtl.aggregators:FAMO",
+    "mgda": "sage_cli.mtl.aggregators:MGDA",
+    "pcgrad": "sage_cli.mtl.aggregators:PCGrad",
+    "imtlg": "sage_cli.mtl.aggregators:IMTLG",
+    "cagrad": "sage_cli.mtl.aggregators:CAGrad",
+    "fairgrad": "sage_cli.mtl.aggregators:FairGrad",
+})

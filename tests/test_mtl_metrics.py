@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sage_cli.mtl.metrics import CITYSCAPES, NYUV2, ConfusionMatrix, delta_m, depth_errors, normal_angles, normal_metrics
+from sage_cli.mtl.metrics import (
+    CITYSCAPES,
+    NYUV2,
+    ConfusionMatrix,
+    delta_m,
+    depth_errors,
+    normal_angles,
+    normal_metrics,
+)
 
 TABLE2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper-table2-mtl.csv"
 BASELINES = ["LS", "SI", "RLW", "DWA", "UW", "MGDA", "PCGrad", "GradDrop", "IMTL-G", "CAGrad", "MoCo", "Nash-MTL",

@@ -30,13 +30,23 @@ def _check_non_negative(**values):
 class WrappedOptimizer(torch.optim.Optimizer):
     """Shares param groups with a base torch optimizer built from ``base_optimizer(params, **base_kwargs)``."""
 
-    def __init__(self, params, base_optimizer, defaults: dict, model=None, **base_kwargs):
+    def __init__(self, params, base_optimizer, defaults: dict, model=None, aggregator=None, **base_kwargs):
         super().__init__(params, {**defaults, **base_kwargs})
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self.model = model  # only used to keep BatchNorm statistics out of extra forwards
+        # MTL: how per-task losses become one gradient (sage_cli.mtl.aggregators); None: their weighted mean
+        self.aggregator = aggregator
         self.stats: dict[str, float] = {}
+
+    def combined_gradients(self, losses, weights, params, per_task=None) -> list:
+        """The gradient to follow: the aggregator's, or that of the weighted mean of the losses."""
+        if self.aggregator is not None:
+            return self.aggregator.gradients(losses, params, per_task)
+        if per_task is not None:
+            return [sum(float(w) * g[i] for w, g in zip(weights, per_task)) for i in range(len(params))]
+        return grads_of((weights * losses).sum(), params)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
@@ -60,8 +70,8 @@ class WrappedOptimizer(torch.optim.Optimizer):
 class SinglePassOptimizer(WrappedOptimizer):
     """Plain training (ERM with Adam, Muon, …): one forward, the aggregate gradient, the base step."""
 
-    def __init__(self, params, base_optimizer=torch.optim.Adam, model=None, **base_kwargs):
-        super().__init__(params, base_optimizer, {}, model=model, **base_kwargs)
+    def __init__(self, params, base_optimizer=torch.optim.Adam, model=None, aggregator=None, **base_kwargs):
+        super().__init__(params, base_optimizer, {}, model=model, aggregator=aggregator, **base_kwargs)
 
     def step(self, closure, weights=None):
         with torch.enable_grad():
@@ -69,7 +79,7 @@ class SinglePassOptimizer(WrappedOptimizer):
             w = loss_weights(losses, weights)
             loss = (w * losses).sum()
             params = self._params()
-            grads = grads_of(loss, params)
+            grads = self.combined_gradients(losses, w, params)
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.grad = g
@@ -92,9 +102,10 @@ class TwoPassOptimizer(WrappedOptimizer):
     per_distribution = False
 
     def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 0.05, model=None,
-                 defaults: dict | None = None, **base_kwargs):
+                 defaults: dict | None = None, aggregator=None, **base_kwargs):
         _check_non_negative(rho=rho)
-        super().__init__(params, base_optimizer, {"rho": rho, **(defaults or {})}, model=model, **base_kwargs)
+        super().__init__(params, base_optimizer, {"rho": rho, **(defaults or {})}, model=model,
+                         aggregator=aggregator, **base_kwargs)
         self.rho = rho
 
     # --- what subclasses define -------------------------------------------------------------------
@@ -102,8 +113,8 @@ class TwoPassOptimizer(WrappedOptimizer):
         raise NotImplementedError
 
     def aggregate(self, losses, weights, params) -> tuple[list, dict]:
-        """The aggregate gradient ḡ = Σ w_k g_k and any statistics gathered on the way."""
-        return grads_of((weights * losses).sum(), params), {}
+        """The aggregate gradient at θ (ḡ = Σ w_k g_k, or the aggregator's) and statistics gathered on the way."""
+        return self.combined_gradients(losses, weights, params), {}
 
     def descent_gradient(self, clean, perturbed) -> list:
         """The gradient handed to the base optimizer, from the gradients at θ and at θ+ε (SAM: the latter)."""
@@ -144,7 +155,7 @@ class TwoPassOptimizer(WrappedOptimizer):
         params = self._params()
         perturbed_loss = (w * losses).sum()
         with torch.enable_grad():
-            grads = grads_of(perturbed_loss, params)
+            grads = self.combined_gradients(losses, w, params)
         grads = self.descent_gradient(self._clean_grads, grads)
         self._clean_grads = None
         beta = self.descent_noise_scale()

@@ -35,6 +35,7 @@ class SAGE(TwoPassOptimizer):
         noise: bool = True,
         seed: int | None = None,
         model=None,
+        aggregator=None,
         **base_kwargs,
     ):
         """
@@ -54,7 +55,8 @@ class SAGE(TwoPassOptimizer):
             raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
         settings = dict(gamma=gamma, polar=polar, ns_steps=ns_steps, scale_by_weight_norm=scale_by_weight_norm,
                         bias_rule=bias_rule, noise=noise)
-        super().__init__(params, base_optimizer, rho=rho, model=model, defaults=settings, **base_kwargs)
+        super().__init__(params, base_optimizer, rho=rho, model=model, defaults=settings, aggregator=aggregator,
+                         **base_kwargs)
         self.gamma, self.polar, self.ns_steps = gamma, polar, ns_steps
         self.scale_by_weight_norm, self.bias_rule, self.noise = scale_by_weight_norm, bias_rule, noise
         self.noise_source = NoiseSource(seed)
@@ -63,14 +65,22 @@ class SAGE(TwoPassOptimizer):
     # --- ascent ----------------------------------------------------------------------------------
     def aggregate(self, losses, weights, params):
         if losses.numel() == 1:
-            grads, agreement = super().aggregate(losses, weights, params)[0], 1.0
-        else:
+            grads, agreement = self.combined_gradients(losses, weights, params), 1.0
+        else:  # the per-distribution gradients serve both S and the aggregate (SAGE-X: X's aggregate)
             per_dist = per_distribution_grads(losses, params)
-            grads = [sum(float(w) * g[i] for w, g in zip(weights, per_dist)) for i in range(len(params))]
-            agreement = mean_pairwise_cosine(per_dist)
+            grads = self.combined_gradients(losses, weights, params, per_dist)
+            agreement = mean_pairwise_cosine(self._shared_only(per_dist, params))
         gamma = self.gamma if self.noise else 0.0
         self._beta = max(gamma * (1.0 - agreement), 0.0)
         return grads, {"agreement": agreement, "noise_scale": self._beta}
+
+    def _shared_only(self, per_dist, params):
+        """With an aggregator bound to shared parameters (MTL), S is measured on those: task heads are disjoint."""
+        ids = getattr(self.aggregator, "shared_ids", None)
+        if not ids:
+            return per_dist
+        keep = [id(p) in ids for p in params]
+        return [[g for g, k in zip(task, keep) if k] for task in per_dist]
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
         if self.polar == "none":

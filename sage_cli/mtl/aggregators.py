@@ -1,0 +1,326 @@
+"""Aggregators: how K task losses become one gradient for every parameter (the MTL solvers of Table 2).
+
+Loss-weighting methods (LS, SI, RLW, DWA, UW, FAMO, STL) differentiate a weighted total loss. Gradient
+methods (MGDA, PCGrad, IMTL-G, CAGrad, FairGrad) combine the per-task gradients of the *shared* parameters
+(everything but the task heads) into one vector; task-specific parameters get their own task's gradient.
+Every optimizer takes an aggregator (``aggregator=``), so SAGE-X and SAM-X are compositions, not new code:
+SAGE uses the per-task gradients at θ for its agreement S and X's aggregate for its perturbation, then
+applies X again at θ+ε.
+
+TorchJD supplies PCGrad, IMTL-G and FairGrad, whose mathematics matches the references (tests compare them
+with from-scratch computations on random Jacobians); MGDA is solved exactly here (TorchJD's Frank–Wolfe stops
+at a tolerance), and CAGrad follows the reference code (TorchJD normalises the Gramian and drops the
+1/(1 + c²) rescaling).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..optim.grads import flatten, grads_of, per_distribution_grads
+
+
+class Aggregator:
+    needs_jacobian = False
+
+    def __init__(self, n_tasks: int, cfg=None, seed: int = 0):
+        self.n_tasks = n_tasks
+        self.cfg = cfg
+        self.shared_ids: set[int] | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_weights: torch.Tensor | None = None
+
+    def bind(self, shared_parameters) -> Aggregator:
+        """Which parameters are shared (the rest are task heads)."""
+        self.shared_ids = {id(p) for p in shared_parameters}
+        return self
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    # loss weighting ------------------------------------------------------------------------------
+    def total_loss(self, losses: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # gradient combination ------------------------------------------------------------------------
+    def combine(self, J: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gradients(self, losses: torch.Tensor, params: list[torch.Tensor], per_task=None) -> list[torch.Tensor]:
+        """The gradient of every parameter in ``params``; ``per_task`` (g_k over ``params``) if known."""
+        if not self.needs_jacobian:
+            return grads_of(self.total_loss(losses), params)
+        per_task = per_task if per_task is not None else per_distribution_grads(losses, params)
+        shared = [self.shared_ids is None or id(p) in self.shared_ids for p in params]
+        J = torch.stack([flatten([g for g, s in zip(task, shared) if s]) for task in per_task])
+        direction = self.combine(J.double()).to(J.dtype)
+        out, offset = [], 0
+        for i, (p, s) in enumerate(zip(params, shared)):
+            if s:
+                out.append(direction[offset:offset + p.numel()].reshape(p.shape).to(p.dtype))
+                offset += p.numel()
+            else:
+                out.append(sum(task[i] for task in per_task))
+        return out
+
+    # hooks and state -----------------------------------------------------------------------------
+    def end_epoch(self, mean_losses: torch.Tensor) -> None:
+        pass
+
+    def after_update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
+        pass
+
+    wants_losses_after_update = False
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def _setting(cfg, name, default):
+    value = getattr(cfg, name, None) if cfg is not None else None
+    return default if value is None else value
+
+
+# ----------------------------------------------------------------------------------- loss weighting
+class LS(Aggregator):
+    """Linear scalarisation: Σ_k L_k (the references' convention)."""
+
+    def total_loss(self, losses):
+        return losses.sum()
+
+
+class STL(Aggregator):
+    """Single-task learning: only task ``stl_task``'s loss is trained."""
+
+    def total_loss(self, losses):
+        return losses[int(_setting(self.cfg, "stl_task", 0))]
+
+
+class SI(Aggregator):
+    """Scale-invariant: Σ_k log L_k."""
+
+    def total_loss(self, losses):
+        return torch.log(losses).sum()
+
+
+class RLW(Aggregator):
+    """Random loss weighting (Lin et al.): w = softmax(z), z ~ N(0, I), drawn afresh each step."""
+
+    def total_loss(self, losses):
+        w = F.softmax(torch.randn(self.n_tasks, generator=self.generator), dim=-1).to(losses)
+        self.last_weights = w.detach()
+        return (w * losses).sum()
+
+
+class DWA(Aggregator):
+    """Dynamic weight average (Liu et al.): w_k = K·softmax_k(r_k / T), r_k = L_k(t−1)/L_k(t−2) over epochs."""
+
+    def __init__(self, n_tasks, cfg=None, seed=0):
+        super().__init__(n_tasks, cfg, seed)
+        self.temperature = float(_setting(cfg, "dwa_temperature", 2.0))
+        self.history: list[list[float]] = []
+
+    def weights(self) -> torch.Tensor:
+        if len(self.history) < 2:
+            return torch.ones(self.n_tasks)
+        r = torch.tensor(self.history[-1]) / torch.tensor(self.history[-2])
+        return self.n_tasks * F.softmax(r / self.temperature, dim=-1)
+
+    def total_loss(self, losses):
+        w = self.weights().to(losses)
+        self.last_weights = w
+        return (w * losses).sum()
+
+    def end_epoch(self, mean_losses):
+        self.history = (self.history + [[float(v) for v in mean_losses]])[-2:]
+
+    def state_dict(self):
+        return {**super().state_dict(), "history": self.history}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.history = [list(map(float, h)) for h in state.get("history", [])]
+
+
+class UW(Aggregator):
+    """Uncertainty weighting (Kendall et al.): Σ_k ½(exp(−s_k) L_k + s_k), s_k = log σ_k² learned."""
+
+    def __init__(self, n_tasks, cfg=None, seed=0):
+        super().__init__(n_tasks, cfg, seed)
+        self.log_vars = torch.nn.Parameter(torch.zeros(n_tasks))
+
+    def parameters(self):
+        return [self.log_vars]
+
+    def total_loss(self, losses):
+        s = self.log_vars.to(losses)
+        return (0.5 * (torch.exp(-s) * losses + s)).sum()
+
+    def state_dict(self):
+        return {**super().state_dict(), "log_vars": self.log_vars.detach().clone()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.log_vars.copy_(state["log_vars"])
+
+
+class FAMO(Aggregator):
+    """FAMO (Liu et al. 2023): weights z = softmax(ξ) on log-losses, normalised by c = Σ z_k / L_k; after
+    each update ξ takes one Adam step (lr ``famo_w_lr``, weight decay ``famo_gamma``) towards the tasks whose
+    log-loss fell least."""
+
+    wants_losses_after_update = True
+
+    def __init__(self, n_tasks, cfg=None, seed=0):
+        super().__init__(n_tasks, cfg, seed)
+        self.logits = torch.zeros(n_tasks, requires_grad=True)
+        self.min_losses = torch.zeros(n_tasks)
+        self.optimizer = torch.optim.Adam([self.logits], lr=float(_setting(cfg, "famo_w_lr", 0.025)),
+                                          weight_decay=float(_setting(cfg, "famo_gamma", 1e-3)))
+
+    def total_loss(self, losses):
+        z = F.softmax(self.logits, -1).to(losses).detach()
+        d = losses - self.min_losses.to(losses) + 1e-8
+        c = (z / d).sum().detach()
+        self.last_weights = z
+        return (d.log() * z / c).sum()
+
+    def after_update(self, losses_before, losses_after):
+        delta = (losses_before.detach().cpu() - self.min_losses + 1e-8).log() - \
+                (losses_after.detach().cpu() - self.min_losses + 1e-8).log()
+        with torch.enable_grad():
+            grad = torch.autograd.grad(F.softmax(self.logits, -1), self.logits, grad_outputs=delta)[0]
+        self.optimizer.zero_grad()
+        self.logits.grad = grad
+        self.optimizer.step()
+
+    def state_dict(self):
+        return {**super().state_dict(), "logits": self.logits.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+# ------------------------------------------------------------------------------- gradient methods
+def min_norm_weights(G: torch.Tensor) -> torch.Tensor:
+    """argmin_{w ∈ simplex} wᵀGw, exactly: the best KKT point over every support set (K is small)."""
+    K = G.shape[0]
+    best, best_value = None, math.inf
+    for size in range(1, K + 1):
+        for support in itertools.combinations(range(K), size):
+            idx = list(support)
+            A = torch.zeros(size + 1, size + 1, dtype=G.dtype)
+            A[:size, :size] = 2 * G[idx][:, idx]
+            A[:size, size] = 1
+            A[size, :size] = 1
+            b = torch.zeros(size + 1, dtype=G.dtype)
+            b[size] = 1
+            sol = torch.linalg.lstsq(A, b.unsqueeze(1)).solution.squeeze(1)
+            w_s = sol[:size]
+            if (w_s < -1e-12).any():
+                continue
+            w = torch.zeros(K, dtype=G.dtype)
+            w[idx] = w_s.clamp_min(0)
+            w = w / w.sum()
+            value = float(w @ G @ w)
+            if value < best_value - 1e-15:
+                best, best_value = w, value
+    return best
+
+
+class MGDA(Aggregator):
+    """MGDA (Désidéri; Sener & Koltun): the min-norm point of the convex hull of the task gradients."""
+
+    needs_jacobian = True
+
+    def combine(self, J):
+        w = min_norm_weights(J @ J.T)
+        self.last_weights = w
+        return w @ J
+
+
+class _TorchJD(Aggregator):
+    needs_jacobian = True
+
+    def make(self):
+        raise NotImplementedError
+
+    def combine(self, J):
+        if not hasattr(self, "_torchjd"):
+            self._torchjd = self.make()
+        return self._torchjd(J)
+
+
+class PCGrad(_TorchJD):
+    """PCGrad (Yu et al. 2020): each g_i projected off the g_j it conflicts with, in random order; summed."""
+
+    def make(self):
+        from torchjd.aggregation import PCGrad as TorchJDPCGrad
+
+        return TorchJDPCGrad()
+
+    def combine(self, J):
+        with torch.random.fork_rng(devices=[]):  # TorchJD draws its orders from torch's RNG: use ours
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
+            return super().combine(J)
+
+
+class IMTLG(_TorchJD):
+    """IMTL-G (Liu et al. 2021): weights making the update's projection on every unit task gradient equal."""
+
+    def make(self):
+        from torchjd.aggregation import IMTLG as TorchJDIMTLG
+
+        return TorchJDIMTLG()
+
+
+class FairGrad(_TorchJD):
+    """FairGrad (Ban & Ji 2024): α-fair weights solving G w = w^(−1/α); update Σ w_k g_k (α = 2)."""
+
+    def make(self):
+        from torchjd.aggregation import FairGrad as TorchJDFairGrad
+
+        return TorchJDFairGrad(alpha=float(_setting(self.cfg, "fairgrad_alpha", 2.0)))
+
+
+def cagrad_direction(J: torch.Tensor, c: float = 0.4) -> torch.Tensor:
+    """CAGrad (Liu et al. 2021), as in the reference code: w = argmin_{simplex} wᵀG g0_w + c‖g0‖√(wᵀGw) on
+    the Gramian G = JJᵀ (g0 the mean gradient), then d = (g0 + c‖g0‖ g_w/‖g_w‖) / (1 + c²)."""
+    from scipy.optimize import minimize
+
+    G = (J @ J.T).cpu().numpy().astype(np.float64)
+    K = G.shape[0]
+    g0_norm = math.sqrt(max(G.mean(), 0.0))  # ‖g0‖² = 1ᵀG1/K²
+    phi = c * g0_norm
+    b = G.mean(1)  # G·(1/K)
+
+    def objective(w):
+        return float(w @ b + phi * math.sqrt(max(w @ G @ w, 1e-20)))
+
+    res = minimize(objective, np.ones(K) / K, bounds=[(0, 1)] * K,
+                   constraints=({"type": "eq", "fun": lambda w: w.sum() - 1},), method="SLSQP",
+                   options={"ftol": 1e-12, "maxiter": 500})
+    w = torch.as_tensor(res.x, dtype=J.dtype)
+    gw = w @ J
+    g0 = J.mean(0)
+    lam = phi / (gw.norm() + 1e-12)
+    return (g0 + lam * gw) / (1 + c ** 2)
+
+
+class CAGrad(Aggregator):
+    needs_jacobian = True
+
+    def combine(self, J):
+        return cagrad_direction(J, float(_setting(self.cfg, "cagrad_c", 0.4)))
