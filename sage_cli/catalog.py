@@ -25,13 +25,21 @@ DATASETS = Registry("dataset", {
     "officehome": "sage_cli.data.domainbed:OfficeHome",
     "terraincognita": "sage_cli.data.domainbed:TerraIncognita",
     "domainnet": "sage_cli.data.domainbed:DomainNet",
+    # multi-task benchmarks (trained by sage_cli.mtl.train)
+    "nyuv2": "sage_cli.mtl.data:DenseDataset",
+    "cityscapes": "sage_cli.mtl.data:DenseDataset",
+    "mtl_digits": "sage_cli.mtl.data:DigitPairs",
 })
+MTL_DATASETS = {"nyuv2", "cityscapes", "mtl_digits"}
 
 MODELS = Registry("backbone", {
     "small_cnn": "sage_cli.models.cnn:small_cnn",
     "clip": "sage_cli.models.clip:clip",
     "clip_vit_b16": "sage_cli.models.clip:clip_vit_b16",
     "resnet50": "sage_cli.models.resnet:resnet50",
+    "mtan": "sage_cli.mtl.models:MTAN",
+    "mtan_narrow": "sage_cli.mtl.models:MTAN",
+    "digit_pairs_cnn": "sage_cli.mtl.models:DigitPairsNet",
 })
 
 OBJECTIVES = Registry("objective", {

@@ -61,9 +61,7 @@ def run(
         _fail(str(exc), code=1)
     except KeyboardInterrupt:
         _fail("interrupted; the MLflow run is marked KILLED and its checkpoint kept for the next run", code=130)
-    envs = ",".join(map(str, resolved.dataset.test_envs))
-    typer.echo(f"target env {envs} accuracy: {outcome.target_acc:.4f} (final), "
-               f"{outcome.selected_target_acc:.4f} (training-domain validation)")
+    typer.echo(outcome.summary)
     typer.echo(f"mlflow run {outcome.run_id} FINISHED in {outcome.tracking_uri}")
 
 

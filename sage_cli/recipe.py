@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .catalog import DATASET_ENVS, DATASETS, METHODS, MODELS, OBJECTIVES
+from .catalog import AGGREGATORS, DATASET_ENVS, DATASETS, METHODS, MODELS, MTL_DATASETS, OBJECTIVES
 from .errors import UserError
 from .registry import did_you_mean
 
@@ -62,6 +62,8 @@ class DatasetConfig(_Section):
 
     @model_validator(mode="after")
     def _envs_in_range(self):
+        if self.name in MTL_DATASETS:  # tasks, not environments
+            return self
         n = len(DATASET_ENVS[self.name])
         for env in self.test_envs:
             if not 0 <= env < n:
@@ -150,6 +152,27 @@ class TrainingConfig(_Section):
     # image's env drawn uniformly (the paper's "batch 12 sampled uniformly across source domains")
     batch_sampling: Literal["per_env", "uniform"] = "per_env"
     output_dir: str = "runs"  # checkpoints for resume: <output_dir>/<recipe hash>/
+    epochs: int = Field(200, gt=0)  # MTL: epochs, and the StepLR schedule
+    lr_step_epochs: int = Field(100, gt=0)
+    lr_gamma: float = Field(0.5, gt=0)
+    report_epochs: int = Field(10, gt=0)  # MTL results are the mean over the last N epochs (the references': 10)
+
+
+class AggregatorConfig(_Section):
+    """MTL: how per-task losses and gradients combine (Table 2's solvers); SAGE composes with any of them."""
+
+    name: str = "ls"
+    stl_task: int = Field(0, ge=0)
+    dwa_temperature: float = Field(2.0, gt=0)
+    famo_w_lr: float = Field(0.025, gt=0)
+    famo_gamma: float = Field(1e-3, ge=0)
+    cagrad_c: float = Field(0.4, ge=0)
+    fairgrad_alpha: float = Field(2.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        return AGGREGATORS.check(v)
 
 
 class SweepConfig(_Section):
@@ -183,6 +206,7 @@ class Recipe(_Section):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

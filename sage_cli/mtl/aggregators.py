@@ -54,7 +54,9 @@ class Aggregator:
     def gradients(self, losses: torch.Tensor, params: list[torch.Tensor], per_task=None) -> list[torch.Tensor]:
         """The gradient of every parameter in ``params``; ``per_task`` (g_k over ``params``) if known."""
         if not self.needs_jacobian:
-            return grads_of(self.total_loss(losses), params)
+            if per_task is None:
+                return grads_of(self.total_loss(losses), params)
+            return self._weighted_per_task(losses, params, per_task)
         per_task = per_task if per_task is not None else per_distribution_grads(losses, params)
         shared = [self.shared_ids is None or id(p) in self.shared_ids for p in params]
         J = torch.stack([flatten([g for g, s in zip(task, shared) if s]) for task in per_task])
@@ -66,6 +68,22 @@ class Aggregator:
                 offset += p.numel()
             else:
                 out.append(sum(task[i] for task in per_task))
+        return out
+
+    def _weighted_per_task(self, losses, params, per_task):
+        """The total loss's gradient from already computed g_k (SAGE has them): Σ_k ∂T/∂L_k · g_k, plus
+        ∂T/∂s for the aggregator's own parameters (UW)."""
+        L = losses.detach().requires_grad_(True)
+        own = self.parameters()
+        with torch.enable_grad():
+            coeffs = torch.autograd.grad(self.total_loss(L), [L, *own], allow_unused=True)
+        dL, own_grads = coeffs[0], {id(p): g for p, g in zip(own, coeffs[1:])}
+        out = []
+        for i, p in enumerate(params):
+            if id(p) in own_grads:
+                out.append(own_grads[id(p)] if own_grads[id(p)] is not None else torch.zeros_like(p))
+            else:
+                out.append(sum(float(dL[k]) * task[i] for k, task in enumerate(per_task)))
         return out
 
     # hooks and state -----------------------------------------------------------------------------

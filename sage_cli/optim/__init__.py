@@ -24,8 +24,11 @@ __all__ = ["SAGE", "SAM", "ASAM", "GSAM", "SAGM", "DISAM", "GAM", "GGA", "SGLD",
            "SinglePassOptimizer", "TwoPassOptimizer", "polar", "METHODS", "build_optimizer"]
 
 
-def build_optimizer(model: torch.nn.Module, cfg, seed: int, extra=()):
+def build_optimizer(model: torch.nn.Module, cfg, seed: int, extra=(), aggregator=None):
     """The optimizer a recipe's ``optimizer:`` section names, over all trainable parameters of ``model``
-    (and ``extra`` ones, e.g. an objective's own modules)."""
+    (and ``extra`` ones, e.g. an objective's own modules); ``aggregator`` combines per-task losses (MTL)."""
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in extra if p.requires_grad]
-    return METHODS.get(cfg.method)(params, cfg, model, seed)
+    optimizer = METHODS.get(cfg.method)(params, cfg, model, seed)
+    if aggregator is not None:
+        optimizer.aggregator = aggregator
+    return optimizer

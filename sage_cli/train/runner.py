@@ -32,8 +32,8 @@ class RunOutcome:
     run_id: str
     tracking_uri: str
     status: str
-    target_acc: float | None = None
-    selected_target_acc: float | None = None
+    summary: str = ""  # the line the CLI prints (the held-out accuracy, or the MTL result)
+    metrics: dict | None = None
 
 
 def scheduler_job_id() -> str:
@@ -68,16 +68,88 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
     }
 
 
-def summary_table(result, recipe: Recipe) -> Table:
-    last = result.history[-1].metrics
-    table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.method} "
-                        f"· step {result.history[-1].step}")
-    for col in ("env", "role", "in acc", "out acc"):
-        table.add_column(col, justify="right" if "acc" in col else "left")
-    for i, name in enumerate(result.data.env_names):
-        role = "[bold magenta]test[/]" if i in result.data.test_envs else "train"
-        table.add_row(f"{i} ({name})", role, f"{last[f'env{i}_in_acc']:.4f}", f"{last[f'env{i}_out_acc']:.4f}")
-    return table
+class DGProtocol:
+    """Domain generalization: DomainBed's loop, judged on the held-out env."""
+
+    def load(self, recipe):
+        from .dg import load_dg_data
+
+        return load_dg_data(recipe)
+
+    def train(self, recipe, **kwargs):
+        from .dg import train_dg
+
+        return train_dg(recipe, **kwargs)
+
+    def total_steps(self, recipe, data) -> int:
+        return recipe.training.steps
+
+    def status(self, ckpt, data) -> str:
+        accs = " ".join(f"{ckpt.metrics[f'env{i}_out_acc']:.3f}" for i in data.test_envs)
+        return f"loss {ckpt.metrics['loss']:.3f} · test out {accs}"
+
+    def finish(self, result, recipe):
+        from .dg import select_training_domain
+
+        data, last = result.data, result.history[-1].metrics
+        test = data.test_envs[0]
+        target = last[f"env{test}_in_acc"]
+        selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
+        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.method} "
+                            f"· step {result.history[-1].step}")
+        for col in ("env", "role", "in acc", "out acc"):
+            table.add_column(col, justify="right" if "acc" in col else "left")
+        for i, name in enumerate(data.env_names):
+            role = "[bold magenta]test[/]" if i in data.test_envs else "train"
+            table.add_row(f"{i} ({name})", role, f"{last[f'env{i}_in_acc']:.4f}", f"{last[f'env{i}_out_acc']:.4f}")
+        envs = ",".join(map(str, data.test_envs))
+        line = (f"target env {envs} accuracy: {target:.4f} (final), {selected:.4f} (training-domain validation)")
+        return {"target_acc": target, "target_acc_selected": selected}, table, line
+
+
+class MTLProtocol:
+    """Multi-task learning: epochs, per-task metrics, Δm; reported as the mean of the last 10 epochs."""
+
+    def load(self, recipe):
+        from ..mtl.train import load_mtl_data
+
+        return load_mtl_data(recipe)
+
+    def train(self, recipe, **kwargs):
+        from ..mtl.train import train_mtl
+
+        return train_mtl(recipe, **kwargs)
+
+    def total_steps(self, recipe, data) -> int:
+        return recipe.training.epochs * -(-len(data.train) // recipe.training.batch_size)
+
+    def status(self, ckpt, data) -> str:
+        key = "delta_m" if "delta_m" in ckpt.metrics else "mean_acc"
+        return f"epoch {ckpt.step} · loss {ckpt.metrics['loss']:.3f} · {key} {ckpt.metrics[key]:.2f}"
+
+    def finish(self, result, recipe):
+        from ..mtl.train import final_average
+
+        history = result.history
+        keys = [k for k in history[-1].metrics if not k.startswith(("loss", "step_time", "epoch_time", "grad_norm",
+                                                                    "perturbation_norm", "agreement", "noise_scale"))]
+        last = recipe.training.report_epochs
+        final = {f"final_{k}": final_average(history, k, last) for k in keys}
+        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.aggregator.name} × "
+                            f"{recipe.optimizer.method} · epoch {history[-1].step} (mean of the last {last} epochs)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k in keys:
+            table.add_row(k, f"{final[f'final_{k}']:.4f}")
+        key = "delta_m" if "delta_m" in keys else "mean_acc"
+        line = f"{recipe.dataset.name} {recipe.aggregator.name} × {recipe.optimizer.method}: {key} {final[f'final_{key}']:.2f}"
+        return final, table, line
+
+
+def protocol_for(recipe: Recipe):
+    from ..catalog import MTL_DATASETS
+
+    return MTLProtocol() if recipe.dataset.name in MTL_DATASETS else DGProtocol()
 
 
 def checkpoint_path_for(recipe: Recipe) -> Path:
@@ -89,10 +161,11 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
     resumed, in the same MLflow run where this store has it; ``restart`` discards it instead."""
     from .checkpoint import read_meta, remove_checkpoint
-    from .dg import load_dg_data, results_jsonl, select_training_domain, train_dg
+    from .dg import results_jsonl
 
     console = console or Console()
-    data = load_dg_data(recipe)  # data errors surface before any MLflow run exists
+    protocol = protocol_for(recipe)
+    data = protocol.load(recipe)  # data errors surface before any MLflow run exists
     uri = resolve_tracking_uri(recipe.tracking.uri)
     ckpt_path = checkpoint_path_for(recipe)
     meta = read_meta(ckpt_path)
@@ -120,17 +193,18 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
             run.log_params(recipe.flat())
             run.log_text(recipe.to_yaml(), "recipe.yaml")
         with progress:
-            task = progress.add_task("training", total=recipe.training.steps, completed=first_step, status="")
+            total = protocol.total_steps(recipe, data)
+            done = first_step if isinstance(protocol, DGProtocol) else total * first_step // recipe.training.epochs
+            task = progress.add_task("training", total=total, completed=done, status="")
 
             def on_step(step):
                 progress.update(task, completed=step + 1)
 
             def on_ckpt(ckpt):
                 on_checkpoint(ckpt)
-                accs = " ".join(f"{ckpt.metrics[f'env{i}_out_acc']:.3f}" for i in data.test_envs)
-                progress.update(task, status=f"loss {ckpt.metrics['loss']:.3f} · test out {accs}")
+                progress.update(task, status=protocol.status(ckpt, data))
 
-            result = train_dg(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step,
+            result = protocol.train(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step,
                               checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
                               should_stop=should_stop)
     except Preempted as exc:  # the job comes back (requeued) and resumes in this same run
@@ -150,12 +224,10 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
         run.finish("FAILED")
         raise
 
-    test = data.test_envs[0]
-    target = result.history[-1].metrics[f"env{test}_in_acc"]
-    selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
-    run.log_metrics({"target_acc": target, "target_acc_selected": selected}, step=result.history[-1].step)
+    final, table, line = protocol.finish(result, recipe)
+    run.log_metrics(final, step=result.history[-1].step)
     run.log_text(results_jsonl(result.history), "results.jsonl")
     run.log_file(ckpt_path)
     run.finish("FINISHED")
-    console.print(summary_table(result, recipe))
-    return RunOutcome(run.run_id, uri, "FINISHED", target, selected)
+    console.print(table)
+    return RunOutcome(run.run_id, uri, "FINISHED", line, final)
