@@ -58,7 +58,9 @@ def resolve(base: dict, overrides: dict[str, Any], where: str) -> Recipe:
         raise UserError(f"{where}: {exc}") from None
 
 
-def test_env_values(recipe: Recipe, spec) -> list[int]:
+def test_env_values(recipe: Recipe, spec) -> list[int | None]:
+    if recipe.dataset.name not in DATASET_ENVS:  # multi-task: no environments to hold out
+        return [None]
     n = len(DATASET_ENVS[recipe.dataset.name])
     if spec in (None, "recipe"):
         spec = recipe.sweep.test_envs
@@ -86,9 +88,11 @@ def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[
         for variant, overrides in variants.items():
             for seed in seeds:
                 for env in envs:
-                    all_overrides = {**point, **overrides, "training.seed": seed, "dataset.test_envs": [env]}
+                    all_overrides = {**point, **overrides, "training.seed": seed}
+                    if env is not None:
+                        all_overrides["dataset.test_envs"] = [env]
                     parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \
-                            [f"seed={seed}", f"env={env}"]
+                            [f"seed={seed}"] + ([f"env={env}"] if env is not None else [])
                     jobs.append(Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source)))
     return jobs
 
