@@ -73,4 +73,6 @@ AGGREGATORS = Registry("aggregator", {
     "imtlg": "sage_cli.mtl.aggregators:IMTLG",
     "cagrad": "sage_cli.mtl.aggregators:CAGrad",
     "fairgrad": "sage_cli.mtl.aggregators:FairGrad",
+    "graddrop": "sage_cli.mtl.aggregators:GradDrop",
+    "nashmtl": "sage_cli.mtl.aggregators:NashMTL",
 })

@@ -168,6 +168,7 @@ class AggregatorConfig(_Section):
     famo_gamma: float = Field(1e-3, ge=0)
     cagrad_c: float = Field(0.4, ge=0)
     fairgrad_alpha: float = Field(2.0, gt=0)
+    nash_max_norm: float = Field(1.0, ge=0)
 
     @field_validator("name")
     @classmethod

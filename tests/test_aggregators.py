@@ -153,3 +153,34 @@ def test_task_heads_get_their_own_gradient_and_shared_the_combined_one():
     torch.testing.assert_close(grads[0].double(), A.MGDA(2).combine(J), atol=1e-6, rtol=0)
     assert float(grads[1]) == pytest.approx(float(per_task[0][1]))  # head 0: task 0's gradient only
     assert float(grads[2]) == pytest.approx(float(per_task[1][2]))
+
+
+def test_graddrop_matches_algorithm_1_with_the_same_draws():
+    J = _jacobian(3, seed=12)
+    agg = A.GradDrop(3, seed=4)
+    ours = agg.combine(J)
+    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(4)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        P = 0.5 * (1 + J.sum(0) / J.abs().sum(0))
+        U = torch.rand(P.shape, dtype=J.dtype)
+    keep_positive = P > U
+    expected = sum(torch.where(keep_positive, (g > 0) * g, (g < 0) * g) for g in J)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_nash_mtl_solves_the_bargaining_equations():
+    from scipy.optimize import root
+
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)  # gradients sharing a direction: the bargaining set is non-empty
+        J = (torch.randn(1, 10, generator=g, dtype=torch.float64)
+             + 0.7 * torch.randn(3, 10, generator=g, dtype=torch.float64)) * 0.1
+        ours = A.NashMTL(3).combine(J)
+        G = (J @ J.T).numpy()
+        alpha = root(lambda a: G @ a - 1 / a, np.ones(3), method="lm", tol=1e-14).x  # α ∘ Gα = 1
+        expected = torch.as_tensor(alpha) @ J
+        if float(expected.norm()) > 1.0:  # the reference clips the update's norm at max_norm = 1
+            expected = expected / expected.norm()
+        # the reference's ECOS iterations stop at a tolerance of 1e-3 on the normalised problem
+        assert float((ours - expected).norm() / expected.norm()) < 1e-3

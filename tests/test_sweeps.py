@@ -40,7 +40,7 @@ def test_experiment_files_expand():
     assert {"ERM", "SAGE", "IRM", "CORAL", "SAM", "GGA", "DISAM", "Fish"} <= methods
     assert len(table1.jobs) == envs * 3 * len(methods)
     table2 = load_experiment(ROOT / "experiments" / "table2_mtl.yaml")
-    assert len(table2.jobs) == 2 * 14 * 3  # 2 datasets × 14 solver rows × 3 seeds, no test envs
+    assert len(table2.jobs) == 2 * 16 * 3  # 2 datasets × 16 solver rows × 3 seeds, no test envs
     assert {j.recipe.aggregator.name for j in table2.jobs} >= {"ls", "mgda", "fairgrad", "famo", "cagrad"}
     fig3 = load_experiment(ROOT / "experiments" / "figure3_officehome.yaml")
     labels = {j.label.split(" ")[1] for j in fig3.jobs}

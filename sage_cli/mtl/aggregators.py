@@ -313,6 +313,36 @@ class FairGrad(_TorchJD):
         return TorchJDFairGrad(alpha=float(_setting(self.cfg, "fairgrad_alpha", 2.0)))
 
 
+class GradDrop(_TorchJD):
+    """GradDrop (Chen et al. 2020), lines 10–15 of Algorithm 1: per coordinate keep the gradients of one sign,
+    the positive one with probability P = ½(1 + Σg/Σ|g|). Applied here to the shared parameters' gradients
+    (the paper applies it at a shared activation layer)."""
+
+    def make(self):
+        from torchjd.aggregation import GradDrop as TorchJDGradDrop
+
+        return TorchJDGradDrop()
+
+    def combine(self, J):
+        with torch.random.fork_rng(devices=[]):  # TorchJD's uniform draws: from our generator's seed
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
+            return super().combine(J)
+
+
+class NashMTL(_TorchJD):
+    """Nash-MTL (Navon et al. 2022): the Nash bargaining weights, Ĝα = 1/α on the Gramian normalised by its
+    norm, solved by the reference's sequence of convex (ECOS) problems; the update's norm clipped at 1."""
+
+    def make(self):
+        import warnings
+
+        from torchjd.aggregation import NashMTL as TorchJDNashMTL
+
+        warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")
+        return TorchJDNashMTL(n_tasks=self.n_tasks, max_norm=float(_setting(self.cfg, "nash_max_norm", 1.0)),
+                              update_weights_every=1, optim_niter=20)
+
+
 def cagrad_direction(J: torch.Tensor, c: float = 0.4) -> torch.Tensor:
     """CAGrad (Liu et al. 2021), as in the reference code: w = argmin_{simplex} wᵀG g0_w + c‖g0‖√(wᵀGw) on
     the Gramian G = JJᵀ (g0 the mean gradient), then d = (g0 + c‖g0‖ g_w/‖g_w‖) / (1 + c²)."""
