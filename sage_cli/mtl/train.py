@@ -16,7 +16,7 @@ from ..errors import Preempted, TrainingDiverged, UserError
 from ..optim import build_optimizer
 from ..optim.grads import frozen_norm_stats
 from ..recipe import Recipe
-from ..train.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_meta, set_rng_state
+from ..train.checkpoint import GeneratorState, restore_training_state, save_training_state
 from ..train.dg import Checkpoint, pick_device
 from .data import DENSE, DenseDataset, DigitPairs, check_divisible
 from .losses import task_loss
@@ -140,30 +140,19 @@ def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, p
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe.training.lr_step_epochs,
                                                 gamma=recipe.training.lr_gamma)
     sampler = torch.Generator().manual_seed(seed_hash(seed, "mtl-order"))
+    parts = {"model": model, "optimizer": optimizer, "aggregator": aggregator, "scheduler": scheduler,
+             "sampler": GeneratorState(sampler)}
     history: list[Checkpoint] = []
     start, resumed_from = 0, None
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        aggregator.load_state_dict(state["aggregator"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.set_state(state["sampler"])
-        set_rng_state(state["rng"])
-        history = [Checkpoint(r["step"], r["metrics"], r["row"]) for r in state["history"]]
-        start = resumed_from = state["step"] + 1
+    restored = restore_training_state(checkpoint_path, parts)
+    if restored is not None:
+        history = [Checkpoint(r["step"], r["metrics"], r["row"]) for r in restored[0]]
+        start = resumed_from = restored[1]
     epochs, batch = recipe.training.epochs, recipe.training.batch_size
     per_epoch = math.ceil(len(data.train) / batch)
 
     def save(epoch: int) -> None:
-        finished = epoch == epochs - 1
-        save_checkpoint(checkpoint_path, {
-            "step": epoch, "finished": finished, "recipe_hash": recipe.hash(), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "aggregator": aggregator.state_dict(),
-            "scheduler": scheduler.state_dict(), "sampler": sampler.get_state(), "rng": rng_state(),
-            "history": [{"step": c.step, "metrics": c.metrics, "row": c.row} for c in history], **(extra_state or {})})
-        save_meta(checkpoint_path, {"step": epoch, "finished": finished, "recipe_hash": recipe.hash(),
-                                    **(extra_state or {})})
+        save_training_state(checkpoint_path, epoch, epoch == epochs - 1, recipe.hash(), parts, history, extra_state)
 
     for epoch in range(start, epochs):
         order = torch.randperm(len(data.train), generator=sampler)

@@ -62,3 +62,39 @@ def read_meta(checkpoint: str | Path) -> dict | None:
 def remove_checkpoint(checkpoint: str | Path) -> None:
     for path in (Path(checkpoint), meta_path(checkpoint)):
         path.unlink(missing_ok=True)
+
+
+class GeneratorState:
+    """A torch.Generator seen as something with a state dict (to checkpoint samplers' draws)."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+def save_training_state(path, step: int, finished: bool, recipe_hash: str, parts: dict, history: list,
+                        extra: dict | None = None) -> None:
+    """Everything a loop needs to continue bit-identically: each part's state dict (model, optimizer, …),
+    every RNG, the checkpoint history; plus the small JSON beside it."""
+    save_checkpoint(path, {
+        "step": step, "finished": finished, "recipe_hash": recipe_hash,
+        "parts": {name: part.state_dict() for name, part in parts.items()}, "rng": rng_state(),
+        "history": [{"step": c.step, "metrics": c.metrics, "row": c.row} for c in history], **(extra or {}),
+    })
+    save_meta(path, {"step": step, "finished": finished, "recipe_hash": recipe_hash, **(extra or {})})
+
+
+def restore_training_state(path, parts: dict) -> tuple[list[dict], int] | None:
+    """Load a checkpoint written by ``save_training_state`` into ``parts``; (history rows, next step)."""
+    if path is None or not Path(path).is_file():
+        return None
+    state = load_checkpoint(path)
+    for name, part in parts.items():
+        part.load_state_dict(state["parts"][name])
+    set_rng_state(state["rng"])
+    return state["history"], state["step"] + 1

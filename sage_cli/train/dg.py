@@ -21,7 +21,7 @@ from ..objectives import OBJECTIVES
 from ..optim import build_optimizer
 from ..optim.grads import flatten, grads_of
 from ..recipe import Recipe
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, save_meta, set_rng_state
+from .checkpoint import restore_training_state, save_training_state
 
 
 def pick_device(name: str) -> torch.device:
@@ -174,32 +174,19 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
         return build_optimizer(module, recipe.optimizer, seed=seed_hash(seed, "inner", next(inner_seed)))
 
     alignment = TargetAlignment(data)
+    parts = {"model": model, "optimizer": optimizer, "objective": objective, "batcher": batcher}
     history: list[Checkpoint] = []
     start, resumed_from = 0, None
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        objective.load_state_dict(state["objective"])
-        batcher.load_state_dict(state["batcher"])
-        set_rng_state(state["rng"])
-        history = [Checkpoint(r["step"], r["metrics"], r["row"]) for r in state["history"]]
-        start = resumed_from = state["step"] + 1
+    restored = restore_training_state(checkpoint_path, parts)
+    if restored is not None:
+        history = [Checkpoint(r["step"], r["metrics"], r["row"]) for r in restored[0]]
+        start = resumed_from = restored[1]
 
     steps, freq = recipe.training.steps, recipe.training.checkpoint_freq
     window: dict[str, list[float]] = {}
 
     def save(step: int) -> None:
-        finished = step == steps - 1
-        save_checkpoint(checkpoint_path, {
-            "step": step, "finished": finished, "recipe_hash": recipe.hash(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "objective": objective.state_dict(), "batcher": batcher.state_dict(), "rng": rng_state(),
-            "history": [{"step": c.step, "metrics": c.metrics, "row": c.row} for c in history],
-            **(extra_state or {}),
-        })
-        save_meta(checkpoint_path, {"step": step, "finished": finished, "recipe_hash": recipe.hash(),
-                                    **(extra_state or {})})
+        save_training_state(checkpoint_path, step, step == steps - 1, recipe.hash(), parts, history, extra_state)
 
     for step in range(start, steps):
         t0 = time.perf_counter()
