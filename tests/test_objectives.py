@@ -83,7 +83,23 @@ def test_dann_trains_discriminator_against_featurizer():
     g_disc2, g_feat2 = torch.autograd.grad(plain.mean(), [disc_w, model.featurizer.weight])
     torch.testing.assert_close(g_disc, g_disc2)
     assert not torch.allclose(g_feat, g_feat2)
-    assert len(obj.parameters()) == 6 and len(OBJECTIVES.get("cdann")(model, 2, None, 2).parameters()) == 7
+    assert len(obj.parameters()) == 6
+
+
+def test_cdann_discriminator_sees_the_class():
+    model = _model()
+    obj = OBJECTIVES.get("cdann")(model, 2, ObjectiveConfig(name="cdann"), n_classes=2)
+    assert len(obj.parameters()) == 7  # the discriminator plus the class embeddings
+    xs = [torch.randn(4, 2), torch.randn(4, 2) + 1]
+    a = obj.losses(model, xs, [torch.tensor([0, 0, 0, 0])] * 2)
+    b = obj.losses(model, xs, [torch.tensor([1, 1, 1, 1])] * 2)
+    feats = [model.featurizer(x) for x in xs]
+    disc_a = torch.stack([F.cross_entropy(obj.discriminator(f + obj.class_embeddings(torch.zeros(4, dtype=torch.long))),
+                                          torch.full((4,), k)) for k, f in enumerate(feats)])
+    cls_a = torch.stack([F.cross_entropy(model.classifier(f), torch.zeros(4, dtype=torch.long)) for f in feats])
+    torch.testing.assert_close(a, cls_a + disc_a)
+    assert not torch.allclose(a - cls_a, b - torch.stack([F.cross_entropy(model.classifier(f), torch.ones(4, dtype=torch.long))
+                                                         for f in feats]))
 
 
 def test_rsc_mask_drops_the_top_third_of_each_sample():
@@ -111,13 +127,28 @@ def test_fish_meta_update_by_hand():
 
 def test_iib_replaces_head_and_adds_its_terms():
     model = _model(features=4)
-    obj = OBJECTIVES.get("iib")(model, 2, ObjectiveConfig(name="iib"), n_classes=2)
-    assert type(model.classifier).__name__ == "IIBHead"
-    xs, ys = [torch.randn(5, 2), torch.randn(5, 2)], [torch.tensor([0, 1, 0, 1, 1])] * 2
+    obj = OBJECTIVES.get("iib")(model, 2, ObjectiveConfig(name="iib", hparams={"lambda_beta": 0.5,
+                                                                               "lambda_inv_risks": 3.0}), n_classes=2)
+    head = model.classifier
+    assert type(head).__name__ == "IIBHead"
+    xs, ys = [torch.randn(5, 2), torch.randn(5, 2)], [torch.tensor([0, 1, 0, 1, 1]), torch.tensor([1, 1, 0, 0, 1])]
+    torch.manual_seed(7)
     losses = obj.losses(model, xs, ys)
-    assert losses.shape == (2,) and torch.isfinite(losses).all()
-    model.eval()
-    assert model(xs[0]).shape == (5, 2)
+    # by hand, with the same reparameterisation draw
+    torch.manual_seed(7)
+    h = head.encoder(model.featurizer(torch.cat(xs)))
+    mu, logvar = head.mu(h), head.logvar(h)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    y = torch.cat(ys)
+    env = torch.tensor([[0.0]] * 5 + [[1.0]] * 5)
+    inv = F.cross_entropy(head.classifier(z), y, reduction="none")
+    env_risk = F.cross_entropy(obj.env_classifier(torch.cat([z, env], 1)), y, reduction="none")
+    kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)
+    per = inv + env_risk + 0.5 * kl
+    expected = torch.stack([per[:5].mean(), per[5:].mean()]) + 3.0 * (inv.mean() - env_risk.mean()) ** 2
+    torch.testing.assert_close(losses, expected)
+    model.eval()  # prediction goes through the bottleneck's mean
+    torch.testing.assert_close(model(xs[0]), head.classifier(head.mu(head.encoder(model.featurizer(xs[0])))))
 
 
 def _model(features=2):
