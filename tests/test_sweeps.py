@@ -61,6 +61,7 @@ def test_dry_run_prints_table_and_summary_and_creates_nothing(tmp_path):
     (["ablate", QUICKSTART, "--rho", "1e-3", "--test-envs", "9"], "test env 9 is out of range"),
     (["sweep", "nope.yaml"], "experiment file not found"),
     (["status", "nosuchsweep"], "no sweep 'nosuchsweep'"),
+    (["cancel", "nosuchsweep"], "no sweep 'nosuchsweep'"),
     (["logs", "deadbeef"], "no job 'deadbeef'"),
 ])
 def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, message):
