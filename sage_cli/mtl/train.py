@@ -16,8 +16,8 @@ from ..errors import Preempted, TrainingDiverged, UserError
 from ..optim import build_optimizer
 from ..optim.grads import frozen_norm_stats
 from ..recipe import Recipe
-from ..train.checkpoint import GeneratorState, restore_training_state, save_training_state
-from ..train.dg import Checkpoint, pick_device
+from ..train.checkpoint import Checkpoint, GeneratorState, restore_training_state, save_training_state
+from ..train.dg import pick_device
 from .data import DENSE, DenseDataset, DigitPairs, check_divisible
 from .losses import task_loss
 from .metrics import CITYSCAPES, NYUV2, ConfusionMatrix, delta_m, depth_errors, normal_angles, normal_metrics
@@ -142,12 +142,8 @@ def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, p
     sampler = torch.Generator().manual_seed(seed_hash(seed, "mtl-order"))
     parts = {"model": model, "optimizer": optimizer, "aggregator": aggregator, "scheduler": scheduler,
              "sampler": GeneratorState(sampler)}
-    history: list[Checkpoint] = []
-    start, resumed_from = 0, None
-    restored = restore_training_state(checkpoint_path, parts)
-    if restored is not None:
-        history = [Checkpoint(r["step"], r["metrics"], r["row"]) for r in restored[0]]
-        start = resumed_from = restored[1]
+    history, resumed_from = restore_training_state(checkpoint_path, parts)
+    start = resumed_from or 0
     epochs, batch = recipe.training.epochs, recipe.training.batch_size
     per_epoch = math.ceil(len(data.train) / batch)
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+
+@dataclass
+class Checkpoint:
+    """One evaluation point of a run: its step (or epoch), metrics, and the DomainBed-style JSON row."""
+
+    step: int
+    metrics: dict[str, float]
+    row: dict
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -89,12 +99,13 @@ def save_training_state(path, step: int, finished: bool, recipe_hash: str, parts
     save_meta(path, {"step": step, "finished": finished, "recipe_hash": recipe_hash, **(extra or {})})
 
 
-def restore_training_state(path, parts: dict) -> tuple[list[dict], int] | None:
-    """Load a checkpoint written by ``save_training_state`` into ``parts``; (history rows, next step)."""
+def restore_training_state(path, parts: dict) -> tuple[list[Checkpoint], int | None]:
+    """Load a checkpoint written by ``save_training_state`` into ``parts``: (history, the step to resume at),
+    or ([], None) when there is none to resume."""
     if path is None or not Path(path).is_file():
-        return None
+        return [], None
     state = load_checkpoint(path)
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])
     set_rng_state(state["rng"])
-    return state["history"], state["step"] + 1
+    return [Checkpoint(r["step"], r["metrics"], r["row"]) for r in state["history"]], state["step"] + 1

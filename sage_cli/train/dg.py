@@ -21,7 +21,7 @@ from ..objectives import OBJECTIVES
 from ..optim import build_optimizer
 from ..optim.grads import flatten, grads_of
 from ..recipe import Recipe
-from .checkpoint import restore_training_state, save_training_state
+from .checkpoint import Checkpoint, restore_training_state, save_training_state
 
 
 def pick_device(name: str) -> torch.device:
@@ -125,13 +125,6 @@ class Batcher:
 
 
 @dataclass
-class Checkpoint:
-    step: int
-    metrics: dict[str, float]
-    row: dict
-
-
-@dataclass
 class TrainResult:
     history: list[Checkpoint]
     model: torch.nn.Module
@@ -175,12 +168,8 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
 
     alignment = TargetAlignment(data)
     parts = {"model": model, "optimizer": optimizer, "objective": objective, "batcher": batcher}
-    history: list[Checkpoint] = []
-    start, resumed_from = 0, None
-    restored = restore_training_state(checkpoint_path, parts)
-    if restored is not None:
-        history = [Checkpoint(r["step"], r["metrics"], r["row"]) for r in restored[0]]
-        start = resumed_from = restored[1]
+    history, resumed_from = restore_training_state(checkpoint_path, parts)
+    start = resumed_from or 0
 
     steps, freq = recipe.training.steps, recipe.training.checkpoint_freq
     window: dict[str, list[float]] = {}
