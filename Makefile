@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-methods clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
+	$(BIN)/python bench/mtl_step_ratio.py
+
+# every DG objective and optimizer on RotatedDigits, 3 seeds (about 20 minutes on 2 cores)
+bench-methods: $(STAMP)
+	$(BIN)/python bench/methods_table.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns .pytest_cache
