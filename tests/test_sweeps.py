@@ -71,6 +71,12 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, message):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_bad_override_in_experiment_file(tmp_path):
+    (tmp_path / "exp.yaml").write_text(f"recipes: [{QUICKSTART}]\nmethods:\n  bad: {{optimizer.rho: -1}}\n")
+    proc = sage(["sweep", "exp.yaml", "--dry-run"], tmp_path)
+    assert proc.returncode == 2 and "exp.yaml: optimizer.rho: Input should be greater than or equal to 0" in proc.stderr
+
+
 def test_unknown_key_in_experiment_file(tmp_path):
     (tmp_path / "exp.yaml").write_text(f"recipes: [{QUICKSTART}]\nseedz: [0]\n")
     proc = sage(["sweep", "exp.yaml", "--dry-run"], tmp_path)

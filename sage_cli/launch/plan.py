@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from ..catalog import DATASET_ENVS
 from ..errors import UserError
@@ -50,12 +51,9 @@ def resolve(base: dict, overrides: dict[str, Any], where: str) -> Recipe:
         _set(data, dotted, value)
     try:
         return Recipe.model_validate(data)
-    except Exception as exc:  # pydantic's message, shortened to its first error
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            err = errors()[0]
-            raise UserError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-        raise UserError(f"{where}: {exc}") from None
+    except ValidationError as exc:  # pydantic's message, shortened to its first error
+        err = exc.errors()[0]
+        raise UserError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def test_env_values(recipe: Recipe, spec) -> list[int | None]:

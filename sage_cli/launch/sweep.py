@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import UserError
 from ..recipe import SlurmConfig
 from ..track.mlflow_run import absolute_uri, finished_hashes, resolve_tracking_uri
 from .plan import Job
@@ -59,9 +60,9 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
 
     from ..track.mlflow_run import prepare_store
 
-    try:
+    try:  # a sweep run again keeps its folder, parent run and scheduler ids
         state = SweepState.load(plan.id)
-    except Exception:
+    except UserError:
         state = SweepState(plan.id, plan.name, plan.tracking_uri, plan.experiment)
     state.launcher, state.tracking_uri = launcher, plan.tracking_uri
     experiment_id = prepare_store(plan.tracking_uri, plan.experiment)
