@@ -22,13 +22,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-def data_root(root: str | None) -> Path:
+def data_root(root: str | None, must_exist: bool = True) -> Path:
     """The recipe's ``dataset.root``, else $SAGE_DATA."""
     chosen = root or os.environ.get("SAGE_DATA")
     if not chosen:
         raise UserError("no data root: set dataset.root in the recipe or the SAGE_DATA environment variable")
     path = Path(chosen).expanduser()
-    if not path.is_dir():
+    if must_exist and not path.is_dir():
         raise UserError(f"data root {path} does not exist")
     return path
 

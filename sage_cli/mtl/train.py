@@ -17,7 +17,7 @@ from ..optim import build_optimizer
 from ..optim.grads import frozen_norm_stats
 from ..recipe import Recipe
 from ..train.checkpoint import Checkpoint, GeneratorState, restore_training_state, save_training_state
-from ..train.dg import pick_device
+from ..train.dg import pick_device, record_stats
 from .data import DENSE, DenseDataset, DigitPairs, check_divisible
 from .losses import task_loss
 from .metrics import CITYSCAPES, NYUV2, ConfusionMatrix, delta_m, depth_errors, normal_angles, normal_metrics
@@ -38,13 +38,10 @@ def load_mtl_data(recipe: Recipe) -> MTLData:
     name = recipe.dataset.name
     if name == "mtl_digits":
         return MTLData(DigitPairs("train"), DigitPairs("test"), DigitPairs.tasks, 10)
-    import os
+    from ..data.domainbed import data_root
 
-    root = recipe.dataset.root or os.environ.get("SAGE_DATA")
-    if not root:
-        raise UserError("no data root: set dataset.root in the recipe or the SAGE_DATA environment variable")
     spec = DENSE[name]
-    base = Path(root).expanduser()
+    base = data_root(recipe.dataset.root, must_exist=False)  # a missing root is reported with its layout below
     base = base / name if (base / name / "train").is_dir() else base
     if not (base / "train").is_dir():
         raise UserError(f"{name}: expected {base}/train and {base}/val in the .npy layout")
@@ -172,9 +169,7 @@ def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, p
                 with torch.no_grad(), frozen_norm_stats(model):
                     aggregator.after_update(losses, closure())
             window.setdefault("step_time", []).append(time.perf_counter() - t0)
-            for key in ("agreement", "noise_scale", "grad_norm", "perturbation_norm"):
-                if key in optimizer.stats:
-                    window.setdefault(key, []).append(optimizer.stats[key])
+            record_stats(window, optimizer.stats)
             sums += losses.detach().cpu()
             if progress is not None:
                 progress(epoch * per_epoch + b)

@@ -36,7 +36,8 @@ class WrappedOptimizer(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self.model = model  # only used to keep BatchNorm statistics out of extra forwards
-        # MTL: how per-task losses become one gradient (sage_cli.mtl.aggregators); None: their weighted mean
+        # MTL: how per-task losses become one gradient (sage_cli.mtl.aggregators); None: their weighted mean.
+        # Every subclass passes its extra keywords up to here, so ``aggregator=`` works for all of them.
         self.aggregator = aggregator
         self.stats: dict[str, float] = {}
 
@@ -70,8 +71,8 @@ class WrappedOptimizer(torch.optim.Optimizer):
 class SinglePassOptimizer(WrappedOptimizer):
     """Plain training (ERM with Adam, Muon, …): one forward, the aggregate gradient, the base step."""
 
-    def __init__(self, params, base_optimizer=torch.optim.Adam, model=None, aggregator=None, **base_kwargs):
-        super().__init__(params, base_optimizer, {}, model=model, aggregator=aggregator, **base_kwargs)
+    def __init__(self, params, base_optimizer=torch.optim.Adam, model=None, **base_kwargs):
+        super().__init__(params, base_optimizer, {}, model=model, **base_kwargs)
 
     def step(self, closure, weights=None):
         with torch.enable_grad():
@@ -95,17 +96,14 @@ class SinglePassOptimizer(WrappedOptimizer):
 class TwoPassOptimizer(WrappedOptimizer):
     """Ascent to θ+ε, gradient there, exact restore of θ, base step (SAM's two-pass scheme).
 
-    Subclasses implement ``perturbations(params, grads)``; ``per_distribution`` makes ``first_step``
-    compute every g_k (needed for SAGE's agreement) instead of only the aggregate.
+    Subclasses implement ``perturbations(params, grads)``, and may override ``aggregate`` (SAGE computes every
+    g_k there for its agreement) and ``descent_gradient`` (GSAM, SAGM).
     """
 
-    per_distribution = False
-
     def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 0.05, model=None,
-                 defaults: dict | None = None, aggregator=None, **base_kwargs):
+                 defaults: dict | None = None, **base_kwargs):
         _check_non_negative(rho=rho)
-        super().__init__(params, base_optimizer, {"rho": rho, **(defaults or {})}, model=model,
-                         aggregator=aggregator, **base_kwargs)
+        super().__init__(params, base_optimizer, {"rho": rho, **(defaults or {})}, model=model, **base_kwargs)
         self.rho = rho
 
     # --- what subclasses define -------------------------------------------------------------------

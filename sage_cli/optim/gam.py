@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from .base import WrappedOptimizer, _check_non_negative
-from .grads import as_loss_vector, frozen_norm_stats, global_norm, grads_of, loss_weights
+from .grads import as_loss_vector, frozen_norm_stats, global_norm, loss_weights
 
 
 def _unit(grads, radius):
@@ -45,7 +45,7 @@ class GAM(WrappedOptimizer):
             with torch.enable_grad():
                 losses = as_loss_vector(closure())
                 w = loss_weights(losses, weights)
-                return grads_of((w * losses).sum(), params), losses
+                return self.combined_gradients(losses, w, params), losses
 
         zeros = [torch.zeros_like(t) for t in theta]
         g0, losses = grad_at(zeros)

@@ -20,8 +20,6 @@ POLAR_CHOICES = METHODS + ("none",)
 
 
 class SAGE(TwoPassOptimizer):
-    per_distribution = True
-
     def __init__(
         self,
         params,
@@ -35,7 +33,6 @@ class SAGE(TwoPassOptimizer):
         noise: bool = True,
         seed: int | None = None,
         model=None,
-        aggregator=None,
         **base_kwargs,
     ):
         """
@@ -55,8 +52,7 @@ class SAGE(TwoPassOptimizer):
             raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
         settings = dict(gamma=gamma, polar=polar, ns_steps=ns_steps, scale_by_weight_norm=scale_by_weight_norm,
                         bias_rule=bias_rule, noise=noise)
-        super().__init__(params, base_optimizer, rho=rho, model=model, defaults=settings, aggregator=aggregator,
-                         **base_kwargs)
+        super().__init__(params, base_optimizer, rho=rho, model=model, defaults=settings, **base_kwargs)
         self.gamma, self.polar, self.ns_steps = gamma, polar, ns_steps
         self.scale_by_weight_norm, self.bias_rule, self.noise = scale_by_weight_norm, bias_rule, noise
         self.noise_source = NoiseSource(seed)

@@ -13,9 +13,8 @@ from .grads import global_norm, grads_of
 
 
 class SAM(TwoPassOptimizer):
-    def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 0.05, model=None, aggregator=None,
-                 **base_kwargs):
-        super().__init__(params, base_optimizer, rho=rho, model=model, aggregator=aggregator, **base_kwargs)
+    def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 0.05, model=None, **base_kwargs):
+        super().__init__(params, base_optimizer, rho=rho, model=model, **base_kwargs)
 
     @torch.no_grad()
     def perturbations(self, params, grads):

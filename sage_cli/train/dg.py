@@ -30,6 +30,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+STAT_KEYS = ("agreement", "noise_scale", "grad_norm", "perturbation_norm")
+
+
+def record_stats(window: dict[str, list[float]], stats: dict[str, float]) -> None:
+    """Collect an optimizer's per-step statistics until the next checkpoint averages them."""
+    for key in STAT_KEYS:
+        if key in stats:
+            window.setdefault(key, []).append(stats[key])
+
+
 @dataclass
 class DGData:
     env_names: list[str]
@@ -191,10 +201,7 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
         objective.after_step(step)
         window.setdefault("step_time", []).append(time.perf_counter() - t0)
         window.setdefault("loss", []).append(loss)
-        stats = getattr(objective, "inner_stats", None) or optimizer.stats
-        for key in ("agreement", "noise_scale", "grad_norm", "perturbation_norm"):
-            if key in stats:
-                window.setdefault(key, []).append(stats[key])
+        record_stats(window, getattr(objective, "inner_stats", None) or optimizer.stats)
         if progress is not None:
             progress(step)
         if step % freq == 0 or step == steps - 1:

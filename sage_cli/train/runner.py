@@ -129,10 +129,10 @@ class MTLProtocol:
 
     def finish(self, result, recipe):
         from ..mtl.train import final_average
+        from .dg import STAT_KEYS
 
         history = result.history
-        keys = [k for k in history[-1].metrics if not k.startswith(("loss", "step_time", "epoch_time", "grad_norm",
-                                                                    "perturbation_norm", "agreement", "noise_scale"))]
+        keys = [k for k in history[-1].metrics if not k.startswith(("loss", "step_time", "epoch_time", *STAT_KEYS))]
         last = recipe.training.report_epochs
         final = {f"final_{k}": final_average(history, k, last) for k in keys}
         table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.aggregator.name} × "
