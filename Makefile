@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-methods clean
+.PHONY: install run test lint bench bench-methods bench-mtl clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 # every DG objective and optimizer on RotatedDigits, 3 seeds (about 20 minutes on 2 cores)
 bench-methods: $(STAMP)
 	$(BIN)/python bench/methods_table.py
+
+bench-mtl: $(STAMP)
+	$(BIN)/python bench/mtl_table.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns .pytest_cache

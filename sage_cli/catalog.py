@@ -57,7 +57,7 @@ OBJECTIVES = Registry("objective", {
 
 METHODS = Registry("optimizer method", {
     name: f"sage_cli.optim.builders:{name}"
-    for name in ("erm", "sage", "sam", "asam", "gsam", "sagm", "disam", "gam", "gga", "sgld", "muon")
+    for name in ("erm", "sage", "sam", "asam", "gsam", "sagm", "disam", "gam", "gga", "sgld", "muon", "samo", "fmtl")
 })
 
 AGGREGATORS = Registry("aggregator", {
@@ -75,4 +75,5 @@ AGGREGATORS = Registry("aggregator", {
     "fairgrad": "sage_cli.mtl.aggregators:FairGrad",
     "graddrop": "sage_cli.mtl.aggregators:GradDrop",
     "nashmtl": "sage_cli.mtl.aggregators:NashMTL",
+    "moco": "sage_cli.mtl.aggregators:MoCo",
 })

@@ -99,7 +99,8 @@ class ObjectiveConfig(_Section):
 
 # Each method's radius when the recipe gives none: SAGE at the paper's DG value, SAM/ASAM at their papers'.
 DEFAULT_RHO = {"sage": 1e-6, "sam": 0.05, "asam": 0.5, "gsam": 0.05, "sagm": 0.05, "disam": 0.05, "gam": 0.02,
-               "erm": 0.0, "muon": 0.0, "sgld": 0.0, "gga": 0.0}
+               "erm": 0.0, "muon": 0.0, "sgld": 0.0, "gga": 0.0,
+               "samo": 1e-3, "fmtl": 2.0}  # SAMO's and F-MTL's reference settings (NYU-v2)
 DEFAULT_ALPHA = {"gsam": 0.01, "sagm": 0.001}
 
 
@@ -127,6 +128,14 @@ class OptimizerConfig(_Section):
     gga_candidates: int = Field(10, ge=0)
     gga_neighborhood: float = Field(1e-4, ge=0)
     gga_tolerance: float = Field(0.1, ge=0)
+    # MTL, per-task perturbations. ``perturbation: samo`` with ``method: sage`` is SAGE-SAMO.
+    perturbation: Literal["global", "samo"] = "global"
+    samo_beta: float = Field(0.5, ge=0, le=1)  # weight of the local (per-task) information
+    samo_zo_eps: float = Field(0.01, gt=0)  # SPSA step μ
+    samo_layerwise: bool = True  # per layer, the local estimate rescaled to the global gradient's norm
+    samo_max_norm: float = Field(1.0, ge=0)  # the shared update's norm clip (0: none)
+    fmtl_adaptive: bool = True  # F-MTL: ε = ρ T²g/‖Tg‖ with T = |θ| (the reference's default)
+    fmtl_decompose: bool = True  # F-MTL: X(g) + X(g_perturbed − g) rather than X(g_perturbed)
 
     @field_validator("method")
     @classmethod
@@ -139,7 +148,15 @@ class OptimizerConfig(_Section):
             self.rho = DEFAULT_RHO.get(self.method, 0.0)
         if self.alpha is None:
             self.alpha = DEFAULT_ALPHA.get(self.method, 0.0)
+        if self.perturbation == "samo" and self.method != "sage":
+            raise ValueError(f"perturbation 'samo' composes with method 'sage' (SAGE-SAMO); "
+                             f"for SAMO alone use method 'samo', not '{self.method}'")
         return self
+
+    @property
+    def label(self) -> str:
+        """The method's name in tables and run tags: ``sage-samo`` for SAGE with SAMO's perturbations."""
+        return "sage-samo" if self.perturbation == "samo" else self.method
 
 
 class TrainingConfig(_Section):
@@ -169,6 +186,11 @@ class AggregatorConfig(_Section):
     cagrad_c: float = Field(0.4, ge=0)
     fairgrad_alpha: float = Field(2.0, gt=0)
     nash_max_norm: float = Field(1.0, ge=0)
+    moco_beta: float = Field(0.5, gt=0)  # MoCo (LibMTL defaults): step of the gradient tracking y
+    moco_beta_sigma: float = Field(0.5, ge=0)  # its decay β/t^σ
+    moco_gamma: float = Field(0.1, gt=0)  # step of the weights λ
+    moco_gamma_sigma: float = Field(0.5, ge=0)
+    moco_rho: float = Field(0.0, ge=0)  # ℓ2 regularisation of λ's update
 
     @field_validator("name")
     @classmethod

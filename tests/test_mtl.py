@@ -44,10 +44,14 @@ def test_mtan_has_the_references_parameter_count():
     assert len(model.shared_parameters()) + len(heads) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("name, aggregator, method", [("nyuv2", "ls", "sage"), ("nyuv2", "mgda", "erm"),
-                                                       ("cityscapes", "fairgrad", "sage"), ("cityscapes", "famo", "erm")])
+@pytest.mark.parametrize("name, aggregator, method", [
+    ("nyuv2", "ls", "sage"), ("nyuv2", "mgda", "erm"), ("cityscapes", "fairgrad", "sage"), ("cityscapes", "famo", "erm"),
+    ("nyuv2", "moco", "erm"), ("nyuv2", "mgda", "samo"), ("cityscapes", "cagrad", "fmtl"),
+    ("nyuv2", "fairgrad", "sage-samo")])
 def test_loader_mtan_losses_metrics_delta_m(data_root, tmp_path, name, aggregator, method):
-    recipe = _recipe(name, data_root, tmp_path, **{"aggregator.name": aggregator, "optimizer.method": method})
+    overrides = {"optimizer.method": "sage", "optimizer.perturbation": "samo"} if method == "sage-samo" else \
+        {"optimizer.method": method}
+    recipe = _recipe(name, data_root, tmp_path, **{"aggregator.name": aggregator, **overrides})
     result = train_mtl(recipe)
     last = result.history[-1].metrics
     keys = ["miou", "pixacc", "abs", "rel"] + (["mean", "median", "within_11.25", "within_22.5", "within_30"]
@@ -152,9 +156,12 @@ def test_toy_problem_and_aggregators_on_it():
     assert (toy_losses(x).detach() < start).all()  # MGDA moves towards the Pareto front: both objectives drop
 
 
-def test_mtl_resume_after_preemption_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"optimizer.perturbation": "samo", "aggregator.name": "moco"}])
+def test_mtl_resume_after_preemption_is_bit_identical(tmp_path, overrides):
+    # SAGE-SAMO × MoCo: the SPSA directions, the noise and MoCo's tracking state all survive the checkpoint
     recipe = load_recipe(ROOT / "recipes" / "mtl_quickstart.yaml",
-                         {"training.epochs": 3, "training.output_dir": str(tmp_path), "optimizer.gamma": 0.05})
+                         {"training.epochs": 3, "training.output_dir": str(tmp_path), "optimizer.gamma": 0.05,
+                          **overrides})
     data = load_mtl_data(recipe)
     from sage_cli.mtl.data import DigitPairs
 

@@ -40,8 +40,11 @@ def test_experiment_files_expand():
     assert {"ERM", "SAGE", "IRM", "CORAL", "SAM", "GGA", "DISAM", "Fish"} <= methods
     assert len(table1.jobs) == envs * 3 * len(methods)
     table2 = load_experiment(ROOT / "experiments" / "table2_mtl.yaml")
-    assert len(table2.jobs) == 2 * 16 * 3  # 2 datasets × 16 solver rows × 3 seeds, no test envs
-    assert {j.recipe.aggregator.name for j in table2.jobs} >= {"ls", "mgda", "fairgrad", "famo", "cagrad"}
+    assert len(table2.jobs) == 2 * 24 * 3  # 2 datasets × 24 rows (every Table 2 row but STL) × 3 seeds
+    assert {j.recipe.aggregator.name for j in table2.jobs} >= {"ls", "mgda", "fairgrad", "famo", "cagrad", "moco"}
+    labels = {j.recipe.optimizer.label for j in table2.jobs}
+    assert labels == {"erm", "sage", "samo", "fmtl", "sage-samo"}
+    assert {j.recipe.optimizer.rho for j in table2.jobs if j.recipe.optimizer.method == "samo"} == {1e-3}
     fig3 = load_experiment(ROOT / "experiments" / "figure3_officehome.yaml")
     labels = {j.label.split(" ")[1] for j in fig3.jobs}
     assert {"no_newton_schulz", "no_scaling", "no_noise", "muon", "sage"} <= labels

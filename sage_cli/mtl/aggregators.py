@@ -34,6 +34,7 @@ class Aggregator:
         self.shared_ids: set[int] | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.last_weights: torch.Tensor | None = None
+        self.current_losses: torch.Tensor | None = None
 
     def bind(self, shared_parameters) -> Aggregator:
         """Which parameters are shared (the rest are task heads)."""
@@ -58,11 +59,22 @@ class Aggregator:
                 return grads_of(self.total_loss(losses), params)
             return self._weighted_per_task(losses, params, per_task)
         per_task = per_task if per_task is not None else per_distribution_grads(losses, params)
-        shared = [self.shared_ids is None or id(p) in self.shared_ids for p in params]
+        return self.scatter(params, per_task, self.shared_direction(losses, params, per_task))
+
+    def shared_mask(self, params) -> list[bool]:
+        return [self.shared_ids is None or id(p) in self.shared_ids for p in params]
+
+    def shared_direction(self, losses: torch.Tensor, params, per_task) -> torch.Tensor:
+        """X applied to the per-task gradients of the shared parameters: one flat vector."""
+        shared = self.shared_mask(params)
         J = torch.stack([flatten([g for g, s in zip(task, shared) if s]) for task in per_task])
-        direction = self.combine(J.double()).to(J.dtype)
+        self.current_losses = losses.detach().double().cpu()  # MoCo scales each g_k by its loss
+        return self.combine(J.double()).to(J.dtype)
+
+    def scatter(self, params, per_task, direction: torch.Tensor) -> list[torch.Tensor]:
+        """The flat shared ``direction`` back into parameter shapes; task heads get their own task's gradient."""
         out, offset = [], 0
-        for i, (p, s) in enumerate(zip(params, shared)):
+        for i, (p, s) in enumerate(zip(params, self.shared_mask(params))):
             if s:
                 out.append(direction[offset:offset + p.numel()].reshape(p.shape).to(p.dtype))
                 offset += p.numel()
@@ -372,3 +384,43 @@ class CAGrad(Aggregator):
 
     def combine(self, J):
         return cagrad_direction(J, float(_setting(self.cfg, "cagrad_c", 0.4)))
+
+
+class MoCo(Aggregator):
+    """MoCo (Fernando et al. 2023), as in LibMTL's implementation of the authors' code: each g_k rescaled to
+    norm L_k; a tracking estimate y_k ← y_k − β_t (y_k − g_k) with β_t = β / t^σ_β; weights
+    λ ← softmax(λ − γ_t (Y Yᵀ + ρI) λ) with γ_t = γ / t^σ_γ; update Yᵀλ. Defaults: β 0.5, σ_β 0.5, γ 0.1,
+    σ_γ 0.5, ρ 0."""
+
+    needs_jacobian = True
+
+    def __init__(self, n_tasks, cfg=None, seed=0):
+        super().__init__(n_tasks, cfg, seed)
+        self.beta = float(_setting(cfg, "moco_beta", 0.5))
+        self.beta_sigma = float(_setting(cfg, "moco_beta_sigma", 0.5))
+        self.gamma = float(_setting(cfg, "moco_gamma", 0.1))
+        self.gamma_sigma = float(_setting(cfg, "moco_gamma_sigma", 0.5))
+        self.rho = float(_setting(cfg, "moco_rho", 0.0))
+        self.t = 0
+        self.y: torch.Tensor | None = None
+        self.lambd = torch.full((n_tasks,), 1.0 / n_tasks, dtype=torch.float64)
+
+    def combine(self, J):
+        self.t += 1
+        losses = self.current_losses if self.current_losses is not None else torch.ones(self.n_tasks)
+        G = J / (J.norm(dim=1, keepdim=True) + 1e-8) * losses.to(J).reshape(-1, 1)
+        if self.y is None:
+            self.y = torch.zeros_like(G)
+        self.y = self.y - (self.beta / self.t ** self.beta_sigma) * (self.y - G)
+        A = self.y @ self.y.T + self.rho * torch.eye(self.n_tasks, dtype=J.dtype, device=J.device)
+        lam = self.lambd.to(J)
+        self.lambd = F.softmax(lam - (self.gamma / self.t ** self.gamma_sigma) * (A @ lam), dim=-1)
+        self.last_weights = self.lambd.float()
+        return self.y.T @ self.lambd
+
+    def state_dict(self):
+        return {**super().state_dict(), "t": self.t, "y": self.y, "lambd": self.lambd}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.t, self.y, self.lambd = int(state["t"]), state["y"], state["lambd"]

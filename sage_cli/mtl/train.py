@@ -181,7 +181,7 @@ def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, p
         metrics.update({k: sum(v) / len(v) for k, v in window.items()})
         metrics["epoch_time"] = time.perf_counter() - t_epoch
         metrics.update(evaluate(model, data, recipe, device))
-        row = {"args": {"dataset": recipe.dataset.name, "aggregator": agg_cfg.name, "algorithm": recipe.optimizer.method,
+        row = {"args": {"dataset": recipe.dataset.name, "aggregator": agg_cfg.name, "algorithm": recipe.optimizer.label,
                         "seed": seed, "recipe_hash": recipe.hash()}, "epoch": epoch, "step": epoch, **metrics}
         ckpt = Checkpoint(epoch, metrics, row)
         history.append(ckpt)

@@ -8,6 +8,7 @@ from .base import SinglePassOptimizer
 from .gam import GAM
 from .gga import GGA
 from .muon import MuonWithAdam
+from .pertask import FMTL, SAGESAMO, SAMO
 from .sage import SAGE
 from .sam import ASAM, DISAM, GSAM, SAGM, SAM
 from .sgld import SGLD
@@ -36,9 +37,29 @@ def asam(params, cfg, model, seed):
 
 
 def sage(params, cfg, model, seed):
+    if cfg.perturbation == "samo":  # SAGE-SAMO: SAMO's per-task directions, SAGE's ascent and noise
+        return SAGESAMO(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, gamma=cfg.gamma, polar=cfg.polar,
+                        ns_steps=cfg.ns_steps, scale_by_weight_norm=cfg.scale_by_weight_norm,
+                        bias_rule=cfg.bias_rule, noise=cfg.noise, **_samo_kwargs(cfg), seed=seed, model=model,
+                        **_base_kwargs(cfg))
     return SAGE(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, gamma=cfg.gamma, polar=cfg.polar,
                 ns_steps=cfg.ns_steps, scale_by_weight_norm=cfg.scale_by_weight_norm, bias_rule=cfg.bias_rule,
                 noise=cfg.noise, seed=seed, model=model, **_base_kwargs(cfg))
+
+
+def _samo_kwargs(cfg) -> dict:
+    return {"beta": cfg.samo_beta, "zo_eps": cfg.samo_zo_eps, "layerwise": cfg.samo_layerwise,
+            "max_norm": cfg.samo_max_norm}
+
+
+def samo(params, cfg, model, seed):
+    return SAMO(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, **_samo_kwargs(cfg), seed=seed, model=model,
+                **_base_kwargs(cfg))
+
+
+def fmtl(params, cfg, model, seed):
+    return FMTL(params, BASE_OPTIMIZERS[cfg.base], rho=cfg.rho, adaptive=cfg.fmtl_adaptive,
+                decompose=cfg.fmtl_decompose, model=model, **_base_kwargs(cfg))
 
 
 def gsam(params, cfg, model, seed):

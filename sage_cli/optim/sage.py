@@ -19,6 +19,60 @@ BIAS_RULES = ("sam", "scaled", "none")
 POLAR_CHOICES = METHODS + ("none",)
 
 
+class SpectralAscent:
+    """SAGE's ascent for one parameter: ρ‖W‖_F · polar(G) for matrices, the ``bias_rule`` for 1-D ones.
+    Shared by SAGE (one ε from the aggregate gradient) and SAGE-SAMO (one ε per task)."""
+
+    def __init__(self, rho: float, polar: str = "quintic", ns_steps: int = 5, scale_by_weight_norm: bool = True,
+                 bias_rule: str = "sam"):
+        if polar not in POLAR_CHOICES:
+            raise ValueError(f"unknown polar method '{polar}'; choose from {', '.join(POLAR_CHOICES)}")
+        if bias_rule not in BIAS_RULES:
+            raise ValueError(f"unknown bias_rule '{bias_rule}'; choose from {', '.join(BIAS_RULES)}")
+        if ns_steps < 1:
+            raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
+        self.rho, self.polar, self.ns_steps = rho, polar, ns_steps
+        self.scale_by_weight_norm, self.bias_rule = scale_by_weight_norm, bias_rule
+
+    @torch.no_grad()
+    def __call__(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        if p.ndim >= 2:
+            radius = self.rho * p.norm() if self.scale_by_weight_norm else self.rho
+            if self.polar == "none":
+                return radius * g / g.norm().clamp_min(1e-12)
+            return radius * polar(g, self.polar, self.ns_steps)
+        if self.bias_rule == "none":
+            return None
+        radius = self.rho * p.norm() if self.bias_rule == "scaled" else self.rho
+        return radius * g / g.norm().clamp_min(1e-12)
+
+
+class AgreementNoise:
+    """SAGE's descent noise: β = max(γ(1 − S), 0) from the agreement S, ξ ~ N(0, I) from a seeded generator."""
+
+    def __init__(self, gamma: float, enabled: bool = True, seed: int | None = None):
+        _check_non_negative(gamma=gamma)
+        self.gamma = gamma if enabled else 0.0
+        self.source = NoiseSource(seed)
+        self.beta = 0.0
+
+    def set_agreement(self, agreement: float) -> dict:
+        self.beta = max(self.gamma * (1.0 - agreement), 0.0)
+        return {"agreement": agreement, "noise_scale": self.beta}
+
+    def like(self, p: torch.Tensor) -> torch.Tensor:
+        return self.source.normal_like(p)
+
+
+def shared_only(per_dist, params, aggregator):
+    """With an aggregator bound to shared parameters (MTL), S is measured on those: task heads are disjoint."""
+    ids = getattr(aggregator, "shared_ids", None)
+    if not ids:
+        return per_dist
+    keep = [id(p) in ids for p in params]
+    return [[g for g, k in zip(task, keep) if k] for task in per_dist]
+
+
 class SAGE(TwoPassOptimizer):
     def __init__(
         self,
@@ -43,20 +97,12 @@ class SAGE(TwoPassOptimizer):
             reference-facts §3), ``none`` (left unperturbed).
         noise: False (or γ = 0) is the "no noise" ablation.
         """
-        _check_non_negative(gamma=gamma)
-        if polar not in POLAR_CHOICES:
-            raise ValueError(f"unknown polar method '{polar}'; choose from {', '.join(POLAR_CHOICES)}")
-        if bias_rule not in BIAS_RULES:
-            raise ValueError(f"unknown bias_rule '{bias_rule}'; choose from {', '.join(BIAS_RULES)}")
-        if ns_steps < 1:
-            raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
+        ascent = SpectralAscent(rho, polar, ns_steps, scale_by_weight_norm, bias_rule)
+        descent_noise = AgreementNoise(gamma, noise, seed)
         settings = dict(gamma=gamma, polar=polar, ns_steps=ns_steps, scale_by_weight_norm=scale_by_weight_norm,
                         bias_rule=bias_rule, noise=noise)
         super().__init__(params, base_optimizer, rho=rho, model=model, defaults=settings, **base_kwargs)
-        self.gamma, self.polar, self.ns_steps = gamma, polar, ns_steps
-        self.scale_by_weight_norm, self.bias_rule, self.noise = scale_by_weight_norm, bias_rule, noise
-        self.noise_source = NoiseSource(seed)
-        self._beta = 0.0
+        self.ascent, self.descent_noise = ascent, descent_noise
 
     # --- ascent ----------------------------------------------------------------------------------
     def aggregate(self, losses, weights, params):
@@ -65,48 +111,23 @@ class SAGE(TwoPassOptimizer):
         else:  # the per-distribution gradients serve both S and the aggregate (SAGE-X: X's aggregate)
             per_dist = per_distribution_grads(losses, params)
             grads = self.combined_gradients(losses, weights, params, per_dist)
-            agreement = mean_pairwise_cosine(self._shared_only(per_dist, params))
-        gamma = self.gamma if self.noise else 0.0
-        self._beta = max(gamma * (1.0 - agreement), 0.0)
-        return grads, {"agreement": agreement, "noise_scale": self._beta}
-
-    def _shared_only(self, per_dist, params):
-        """With an aggregator bound to shared parameters (MTL), S is measured on those: task heads are disjoint."""
-        ids = getattr(self.aggregator, "shared_ids", None)
-        if not ids:
-            return per_dist
-        keep = [id(p) in ids for p in params]
-        return [[g for g, k in zip(task, keep) if k] for task in per_dist]
-
-    def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        if self.polar == "none":
-            return g / g.norm().clamp_min(1e-12)
-        return polar(g, self.polar, self.ns_steps)
+            agreement = mean_pairwise_cosine(shared_only(per_dist, params, self.aggregator))
+        return grads, self.descent_noise.set_agreement(agreement)
 
     @torch.no_grad()
     def perturbations(self, params, grads):
-        eps = []
-        for p, g in zip(params, grads):
-            if p.ndim >= 2:
-                radius = self.rho * p.norm() if self.scale_by_weight_norm else self.rho
-                eps.append(radius * self._direction(g))
-            elif self.bias_rule == "none":
-                eps.append(None)
-            else:
-                radius = self.rho * p.norm() if self.bias_rule == "scaled" else self.rho
-                eps.append(radius * g / g.norm().clamp_min(1e-12))
-        return eps
+        return [self.ascent(p, g) for p, g in zip(params, grads)]
 
     # --- descent noise ---------------------------------------------------------------------------
     def descent_noise_scale(self) -> float:
-        return self._beta
+        return self.descent_noise.beta
 
     def noise_like(self, p: torch.Tensor) -> torch.Tensor:
-        return self.noise_source.normal_like(p)
+        return self.descent_noise.like(p)
 
     # --- state -----------------------------------------------------------------------------------
     def _extra_state(self) -> dict:
-        return self.noise_source.state_dict()
+        return self.descent_noise.source.state_dict()
 
     def _load_extra_state(self, state: dict) -> None:
-        self.noise_source.load_state_dict(state)
+        self.descent_noise.source.load_state_dict(state)

@@ -212,7 +212,7 @@ def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, pro
                     metrics[f"env{i}_{name}_acc"] = accuracy(model, split[name], device)
             metrics["target_alignment"] = alignment(model, device)
             row = {
-                "args": {"dataset": recipe.dataset.name, "algorithm": recipe.optimizer.method,
+                "args": {"dataset": recipe.dataset.name, "algorithm": recipe.optimizer.label,
                          "objective": recipe.objective.name, "test_envs": data.test_envs,
                          "trial_seed": seed, "seed": seed, "recipe_hash": recipe.hash()},
                 "hparams": recipe.optimizer.model_dump(mode="json"),

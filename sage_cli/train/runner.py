@@ -60,7 +60,7 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
         "sage.job_hash": recipe.hash(),
         "sage.recipe_hash": recipe.hash(),
         "sage.dataset": recipe.dataset.name,
-        "sage.method": recipe.optimizer.method,
+        "sage.method": recipe.optimizer.label,
         "sage.objective": recipe.objective.name,
         "sage.test_envs": ",".join(map(str, recipe.dataset.test_envs)),
         "sage.seed": str(recipe.training.seed),
@@ -95,7 +95,7 @@ class DGProtocol:
         test = data.test_envs[0]
         target = last[f"env{test}_in_acc"]
         selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
-        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.method} "
+        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.label} "
                             f"· step {result.history[-1].step}")
         for col in ("env", "role", "in acc", "out acc"):
             table.add_column(col, justify="right" if "acc" in col else "left")
@@ -136,13 +136,13 @@ class MTLProtocol:
         last = recipe.training.report_epochs
         final = {f"final_{k}": final_average(history, k, last) for k in keys}
         table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.aggregator.name} × "
-                            f"{recipe.optimizer.method} · epoch {history[-1].step} (mean of the last {last} epochs)")
+                            f"{recipe.optimizer.label} · epoch {history[-1].step} (mean of the last {last} epochs)")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k in keys:
             table.add_row(k, f"{final[f'final_{k}']:.4f}")
         key = "delta_m" if "delta_m" in keys else "mean_acc"
-        line = f"{recipe.dataset.name} {recipe.aggregator.name} × {recipe.optimizer.method}: {key} {final[f'final_{key}']:.2f}"
+        line = f"{recipe.dataset.name} {recipe.aggregator.name} × {recipe.optimizer.label}: {key} {final[f'final_{key}']:.2f}"
         return final, table, line
 
 
