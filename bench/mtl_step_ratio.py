@@ -1,4 +1,5 @@
-"""Step time of SAGE-LS against LS on the full-width MTAN (3 NYU-v2 tasks), measured in one run:
+"""Step time of SAGE-LS (and SAMO-LS, SAGE-SAMO-LS) against LS on the full-width MTAN (3 NYU-v2 tasks),
+measured in one run:
 `python bench/mtl_step_ratio.py [--size 64 128] [--batch 2] [--steps 5]`. CPU-sized images by default."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sage_cli.mtl.aggregators import LS  # noqa: E402
 from sage_cli.mtl.losses import task_loss  # noqa: E402
 from sage_cli.mtl.models import MTAN  # noqa: E402
 from sage_cli.optim import SAGE, SinglePassOptimizer  # noqa: E402
+from sage_cli.optim.pertask import SAGESAMO, SAMO  # noqa: E402
 
 TASKS = ("segmentation", "depth", "normal")
 
@@ -27,6 +29,10 @@ def step_times(method: str, size, batch: int, steps: int) -> list[float]:
     agg = LS(3).bind(model.shared_parameters())
     if method == "sage":
         opt = SAGE(model.parameters(), torch.optim.Adam, rho=1e-4, gamma=1e-5, lr=1e-4, model=model, seed=0)
+    elif method == "samo":
+        opt = SAMO(model.parameters(), torch.optim.Adam, rho=1e-3, lr=1e-4, model=model, seed=0)
+    elif method == "sage-samo":
+        opt = SAGESAMO(model.parameters(), torch.optim.Adam, rho=1e-4, gamma=1e-5, lr=1e-4, model=model, seed=0)
     else:
         opt = SinglePassOptimizer(model.parameters(), torch.optim.Adam, lr=1e-4, model=model)
     opt.aggregator = agg
@@ -53,13 +59,12 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    ls = statistics.median(step_times("ls", args.size, args.batch, args.steps))
-    sage = statistics.median(step_times("sage", args.size, args.batch, args.steps))
+    times = {m: statistics.median(step_times(m, args.size, args.batch, args.steps))
+             for m in ("ls", "sage", "samo", "sage-samo")}
     print(f"MTAN (44.2 M params), {args.batch}×3×{args.size[0]}×{args.size[1]}, median of {args.steps} steps")
-    print(f"LS       {ls * 1000:8.1f} ms/step")
-    print(f"SAGE-LS  {sage * 1000:8.1f} ms/step")
-    print(f"ratio    {sage / ls:8.2f}×  (SAGE-LS / LS)")
-
+    for method, label in (("ls", "LS"), ("sage", "SAGE-LS"), ("samo", "SAMO-LS"), ("sage-samo", "SAGE-SAMO-LS")):
+        ratio = f"   {times[method] / times['ls']:5.2f}× LS" if method != "ls" else ""
+        print(f"{label:13s} {times[method] * 1000:8.1f} ms/step{ratio}")
 
 if __name__ == "__main__":
     main()
