@@ -15,12 +15,13 @@ from .base import SinglePassOptimizer, TwoPassOptimizer
 from .gam import GAM
 from .gga import GGA
 from .muon import MuonWithAdam
+from .pertask import FMTL, SAGESAMO, SAMO
 from .polar import polar
 from .sage import SAGE
 from .sam import ASAM, DISAM, GSAM, SAGM, SAM
 from .sgld import SGLD
 
-__all__ = ["SAGE", "SAM", "ASAM", "GSAM", "SAGM", "DISAM", "GAM", "GGA", "SGLD", "MuonWithAdam",
+__all__ = ["SAGE", "SAM", "ASAM", "GSAM", "SAGM", "DISAM", "GAM", "GGA", "SGLD", "MuonWithAdam", "SAMO", "SAGESAMO", "FMTL",
            "SinglePassOptimizer", "TwoPassOptimizer", "polar", "METHODS", "build_optimizer"]
 
 
