@@ -1,6 +1,7 @@
 """Each MTL aggregator against a from-scratch reference computation on random Jacobians (within 1e-5)."""
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -43,14 +44,20 @@ def test_mgda_is_the_min_norm_point(K, seed):
     assert float((TorchJDMGDA(epsilon=1e-6, max_iters=10000)(J) - ours).norm()) < 1e-2
 
 
+@contextmanager
+def aggregator_rng(seed):
+    """torch's global RNG as an aggregator built with ``seed`` sets it for TorchJD's draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed))))
+        yield
+
+
 def test_pcgrad_matches_the_papers_algorithm():
     J = _jacobian(3, seed=5)
     agg = A.PCGrad(3, seed=11)
     ours = agg.combine(J)
     # reference: Algorithm 1 of Yu et al., with the same random orders
-    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(11)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with aggregator_rng(11):
         total = torch.zeros_like(J[0])
         for i in range(3):
             order = torch.randperm(3)
@@ -159,9 +166,7 @@ def test_graddrop_matches_algorithm_1_with_the_same_draws():
     J = _jacobian(3, seed=12)
     agg = A.GradDrop(3, seed=4)
     ours = agg.combine(J)
-    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(4)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with aggregator_rng(4):
         P = 0.5 * (1 + J.sum(0) / J.abs().sum(0))
         U = torch.rand(P.shape, dtype=J.dtype)
     keep_positive = P > U

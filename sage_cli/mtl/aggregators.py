@@ -283,6 +283,7 @@ class MGDA(Aggregator):
 
 class _TorchJD(Aggregator):
     needs_jacobian = True
+    random = False  # True: TorchJD draws from torch's global RNG; those draws come from our generator instead
 
     def make(self):
         raise NotImplementedError
@@ -290,21 +291,22 @@ class _TorchJD(Aggregator):
     def combine(self, J):
         if not hasattr(self, "_torchjd"):
             self._torchjd = self.make()
-        return self._torchjd(J)
+        if not self.random:
+            return self._torchjd(J)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
+            return self._torchjd(J)
 
 
 class PCGrad(_TorchJD):
     """PCGrad (Yu et al. 2020): each g_i projected off the g_j it conflicts with, in random order; summed."""
 
+    random = True
+
     def make(self):
         from torchjd.aggregation import PCGrad as TorchJDPCGrad
 
         return TorchJDPCGrad()
-
-    def combine(self, J):
-        with torch.random.fork_rng(devices=[]):  # TorchJD draws its orders from torch's RNG: use ours
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
-            return super().combine(J)
 
 
 class IMTLG(_TorchJD):
@@ -330,15 +332,12 @@ class GradDrop(_TorchJD):
     the positive one with probability P = ½(1 + Σg/Σ|g|). Applied here to the shared parameters' gradients
     (the paper applies it at a shared activation layer)."""
 
+    random = True
+
     def make(self):
         from torchjd.aggregation import GradDrop as TorchJDGradDrop
 
         return TorchJDGradDrop()
-
-    def combine(self, J):
-        with torch.random.fork_rng(devices=[]):  # TorchJD's uniform draws: from our generator's seed
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
-            return super().combine(J)
 
 
 class NashMTL(_TorchJD):

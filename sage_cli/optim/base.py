@@ -49,6 +49,12 @@ class WrappedOptimizer(torch.optim.Optimizer):
             return [sum(float(w) * g[i] for w, g in zip(weights, per_task)) for i in range(len(params))]
         return grads_of((weights * losses).sum(), params)
 
+    def shared_mask(self, params) -> list[bool]:
+        """Which of ``params`` are shared across tasks: the aggregator's binding (MTL), else all of them."""
+        if self.aggregator is None:
+            return [True] * len(params)
+        return self.aggregator.shared_mask(params)
+
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
 

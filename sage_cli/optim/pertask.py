@@ -43,6 +43,11 @@ def task_gradients(losses: torch.Tensor, params: list[torch.Tensor]) -> list[lis
             for k in range(K)]
 
 
+def zero_filled(per_task, params) -> list[list[torch.Tensor]]:
+    """``task_gradients`` with zeros where a loss does not reach a parameter."""
+    return [[torch.zeros_like(p) if g is None else g for p, g in zip(params, task)] for task in per_task]
+
+
 class PerTaskSharpness(WrappedOptimizer):
     """Steps 1–3 above; subclasses say how d_k and ε_k are built and how the K gradients are combined."""
 
@@ -52,13 +57,10 @@ class PerTaskSharpness(WrappedOptimizer):
         super().__init__(params, base_optimizer, {"rho": rho, **(defaults or {})}, model=model, **base_kwargs)
         self.rho = rho
 
-    def shared_mask(self, params) -> list[bool]:
-        ids = getattr(self.aggregator, "shared_ids", None)
-        return [ids is None or id(p) in ids for p in params]
-
     # --- what subclasses define -------------------------------------------------------------------
-    def directions(self, losses, weights, params, shared, closure) -> tuple[list[dict], list | None, dict]:
-        """Per task {parameter index: d_k}, the per-task gradients at θ where computed, and statistics."""
+    def directions(self, losses, weights, params, shared, theta, closure) -> tuple[list[dict], list | None, dict]:
+        """Per task {parameter index: d_k}, the per-task gradients at θ where computed, and statistics;
+        ``theta`` is an exact copy of the parameters, to restore them after any probe."""
         raise NotImplementedError
 
     def perturbation(self, params, direction: dict, shared) -> dict:
@@ -94,7 +96,7 @@ class PerTaskSharpness(WrappedOptimizer):
         shared = self.shared_mask(params)
         theta = [p.detach().clone() for p in params]  # restores are copies: θ+ε−ε would drift
         with torch.enable_grad():
-            directions, clean, extra = self.directions(losses, w, params, shared, closure)
+            directions, clean, extra = self.directions(losses, w, params, shared, theta, closure)
         perturbed, perturbed_losses, eps_norms = [], [], []
         with frozen_norm_stats(self.model):
             for k, direction in enumerate(directions):
@@ -137,9 +139,9 @@ class FMTL(PerTaskSharpness):
                          defaults={"adaptive": adaptive, "decompose": decompose}, **base_kwargs)
         self.adaptive, self.decompose = adaptive, decompose
 
-    def directions(self, losses, weights, params, shared, closure):
+    def directions(self, losses, weights, params, shared, theta, closure):
         per_task = task_gradients(losses, params)
-        clean = [[torch.zeros_like(p) if g is None else g for p, g in zip(params, task)] for task in per_task]
+        clean = zero_filled(per_task, params)
         directions = [{**{i: g for i, g in enumerate(task) if shared[i]}, **_heads(raw, shared)}
                       for task, raw in zip(clean, per_task)]
         return directions, clean, {}
@@ -182,10 +184,9 @@ class SAMO(PerTaskSharpness):
         return dict(zip(shared_idx, g)), heads, {}
 
     @torch.no_grad()
-    def local_estimate(self, closure, params, shared_idx, k) -> dict:
+    def local_estimate(self, closure, params, theta, shared_idx, k) -> dict:
         """SPSA: ĝ_k = (L_k(θ+μz) − L_k(θ−μz)) / (2μ) · z, z ~ N(0, I) over the shared parameters, in eval mode."""
         mu = self.zo_eps
-        theta = {i: params[i].detach().clone() for i in shared_idx}
         z = {i: self.probe.normal_like(params[i]) for i in shared_idx}
         training = self.model.training if self.model is not None else None
         if self.model is not None:
@@ -210,12 +211,12 @@ class SAMO(PerTaskSharpness):
             return (1 - self.beta) * g + self.beta * g.norm() * local / local.norm().clamp_min(1e-30)
         return (1 - self.beta) * g + self.beta * local
 
-    def directions(self, losses, weights, params, shared, closure):
+    def directions(self, losses, weights, params, shared, theta, closure):
         global_grad, heads, extra = self.global_and_heads(losses, weights, params, shared)
         shared_idx = list(global_grad)
         directions = []
         for k in range(losses.numel()):
-            local = self.local_estimate(closure, params, shared_idx, k)
+            local = self.local_estimate(closure, params, theta, shared_idx, k)
             directions.append({**{i: self.mix(global_grad[i], local[i]) for i in shared_idx}, **heads[k]})
         return directions, None, extra
 
@@ -262,7 +263,7 @@ class SAGESAMO(SAMO):
         """The per-task gradients at θ (SAGE's agreement S needs them); their weighted mean is SAMO's g."""
         per_task = task_gradients(losses, params)
         heads = [_heads(task, shared) for task in per_task]
-        filled = [[torch.zeros_like(p) if g is None else g for p, g in zip(params, task)] for task in per_task]
+        filled = zero_filled(per_task, params)
         shared_idx = [i for i, s in enumerate(shared) if s]
         global_grad = {i: sum(float(wk) * task[i] for wk, task in zip(weights, filled)) for i in shared_idx}
         agreement = mean_pairwise_cosine([[task[i] for i in shared_idx] for task in filled])

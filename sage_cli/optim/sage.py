@@ -64,15 +64,6 @@ class AgreementNoise:
         return self.source.normal_like(p)
 
 
-def shared_only(per_dist, params, aggregator):
-    """With an aggregator bound to shared parameters (MTL), S is measured on those: task heads are disjoint."""
-    ids = getattr(aggregator, "shared_ids", None)
-    if not ids:
-        return per_dist
-    keep = [id(p) in ids for p in params]
-    return [[g for g, k in zip(task, keep) if k] for task in per_dist]
-
-
 class SAGE(TwoPassOptimizer):
     def __init__(
         self,
@@ -111,7 +102,9 @@ class SAGE(TwoPassOptimizer):
         else:  # the per-distribution gradients serve both S and the aggregate (SAGE-X: X's aggregate)
             per_dist = per_distribution_grads(losses, params)
             grads = self.combined_gradients(losses, weights, params, per_dist)
-            agreement = mean_pairwise_cosine(shared_only(per_dist, params, self.aggregator))
+            # with task heads (MTL), S is measured on the shared parameters: the heads are disjoint
+            shared = self.shared_mask(params)
+            agreement = mean_pairwise_cosine([[g for g, s in zip(task, shared) if s] for task in per_dist])
         return grads, self.descent_noise.set_agreement(agreement)
 
     @torch.no_grad()
