@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..interrupts import InterruptGuard
 from .state import JobRecord, SweepState
 
 STYLE = {"queued": "dim", "running": "yellow", "finished": "green", "failed": "red", "cancelled": "magenta"}
@@ -43,12 +44,28 @@ def _start(state: SweepState, job: JobRecord, threads: int) -> subprocess.Popen:
     return proc
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGINT: each job stops after its current step and marks its MLflow run KILLED itself. A job still
+    busy after 30 s (a long evaluation) gets a second SIGINT, which stops it at once; SIGKILL 10 s later."""
+    for sig, grace in ((signal.SIGINT, 30), (signal.SIGINT, 10), (signal.SIGKILL, 5)):
+        procs = [p for p in procs if p.poll() is None]
+        for proc in procs:
+            proc.send_signal(sig)
+        deadline = time.time() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+
+
 def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, console: Console) -> dict[str, str]:
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
     status = {j.hash: "queued" for j in jobs}
     pending, running = list(jobs), {}
     try:
-        with Live(_table(state, status), console=console, refresh_per_second=4, transient=False) as live:
+        with InterruptGuard("stopping the running jobs") as interrupts, \
+                Live(_table(state, status), console=console, refresh_per_second=4, transient=False) as live:
             while pending or running:
                 while pending and len(running) < max_parallel:
                     job = pending.pop(0)
@@ -62,16 +79,11 @@ def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, conso
                         state.save()
                 live.update(_table(state, status))
                 time.sleep(0.2)
+                interrupts.check()  # Ctrl-C is obeyed here, never between starting a job and recording it
         console.print()
     except KeyboardInterrupt:
-        for _job, proc in running.values():
-            proc.send_signal(signal.SIGINT)  # the job marks its MLflow run KILLED itself
-        deadline = time.time() + 30
-        for h, (job, proc) in running.items():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop([proc for _job, proc in running.values()])
+        for h, (job, _proc) in running.items():
             status[h] = job.status = "cancelled"
         for job in pending:
             status[job.hash] = job.status = "cancelled"

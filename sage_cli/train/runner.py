@@ -160,6 +160,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                should_stop=None) -> RunOutcome:
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
     resumed, in the same MLflow run where this store has it; ``restart`` discards it instead."""
+    from ..interrupts import InterruptGuard
     from .checkpoint import read_meta, remove_checkpoint
     from .dg import results_jsonl
 
@@ -172,8 +173,6 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     if meta is not None and (restart or meta.get("finished")):
         remove_checkpoint(ckpt_path)
         meta = None
-    run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe),
-                    resume_run_id=meta.get("run_id") if meta and meta.get("tracking_uri") == uri else None)
     first_step = meta["step"] + 1 if meta else 0
     history = []
 
@@ -184,50 +183,57 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                         console=console, transient=False)
-    try:
-        if meta is not None:
-            run.set_tags({"sage.resumed_from_step": first_step, **sweep_tags()})
-            run.log_metrics({"resumed_from_step": first_step}, step=first_step)
-            console.print(f"resuming from step {first_step} ({ckpt_path})")
-        else:
-            run.log_params(recipe.flat())
-            run.log_text(recipe.to_yaml(), "recipe.yaml")
-        with progress:
-            total = protocol.total_steps(recipe, data)
-            done = first_step if isinstance(protocol, DGProtocol) else total * first_step // recipe.training.epochs
-            task = progress.add_task("training", total=total, completed=done, status="")
+    # Ctrl-C stops training at the next step (never inside an MLflow write), and the run is marked KILLED
+    with InterruptGuard("stopping after this step; the checkpoint is kept for the next run") as interrupts:
+        run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe),
+                        resume_run_id=meta.get("run_id") if meta and meta.get("tracking_uri") == uri else None)
+        try:
+            interrupts.check()  # pressed while the run was being created
+            if meta is not None:
+                run.set_tags({"sage.resumed_from_step": first_step, **sweep_tags()})
+                run.log_metrics({"resumed_from_step": first_step}, step=first_step)
+                console.print(f"resuming from step {first_step} ({ckpt_path})")
+            else:
+                run.log_params(recipe.flat())
+                run.log_text(recipe.to_yaml(), "recipe.yaml")
+            with progress:
+                total = protocol.total_steps(recipe, data)
+                done = first_step if isinstance(protocol, DGProtocol) else total * first_step // recipe.training.epochs
+                task = progress.add_task("training", total=total, completed=done, status="")
 
-            def on_step(step):
-                progress.update(task, completed=step + 1)
+                def on_step(step):
+                    interrupts.check()
+                    progress.update(task, completed=step + 1)
 
-            def on_ckpt(ckpt):
-                on_checkpoint(ckpt)
-                progress.update(task, status=protocol.status(ckpt, data))
+                def on_ckpt(ckpt):
+                    on_checkpoint(ckpt)
+                    progress.update(task, status=protocol.status(ckpt, data))
 
-            result = protocol.train(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step,
-                              checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
-                              should_stop=should_stop)
-    except Preempted as exc:  # the job comes back (requeued) and resumes in this same run
-        run.set_tags({"sage.preempted_at_step": exc.step})
-        raise
-    except TrainingDiverged as exc:
-        run.set_tags({"sage.failed_step": exc.step, "sage.failure": str(exc)})
-        if history:
-            run.log_text(results_jsonl(history), "results.jsonl")
-        run.finish("FAILED")
-        remove_checkpoint(ckpt_path)  # a diverged run is not worth resuming
-        raise
-    except KeyboardInterrupt:
-        run.finish("KILLED")
-        raise
-    except BaseException:
-        run.finish("FAILED")
-        raise
+                result = protocol.train(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step,
+                                  checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
+                                  should_stop=should_stop)
+        except Preempted as exc:  # the job comes back (requeued) and resumes in this same run
+            run.set_tags({"sage.preempted_at_step": exc.step})
+            raise
+        except TrainingDiverged as exc:
+            run.set_tags({"sage.failed_step": exc.step, "sage.failure": str(exc)})
+            if history:
+                run.log_text(results_jsonl(history), "results.jsonl")
+            run.finish("FAILED")
+            remove_checkpoint(ckpt_path)  # a diverged run is not worth resuming
+            raise
+        except KeyboardInterrupt:
+            run.finish("KILLED")
+            raise
+        except BaseException:
+            run.finish("FAILED")
+            raise
 
-    final, table, line = protocol.finish(result, recipe)
-    run.log_metrics(final, step=result.history[-1].step)
-    run.log_text(results_jsonl(result.history), "results.jsonl")
-    run.log_file(ckpt_path)
-    run.finish("FINISHED")
+        # training is over: a Ctrl-C from here on is not obeyed before the run is recorded whole
+        final, table, line = protocol.finish(result, recipe)
+        run.log_metrics(final, step=result.history[-1].step)
+        run.log_text(results_jsonl(result.history), "results.jsonl")
+        run.log_file(ckpt_path)
+        run.finish("FINISHED")
     console.print(table)
     return RunOutcome(run.run_id, uri, "FINISHED", line, final)
