@@ -21,8 +21,9 @@ class TrainingDiverged(Exception):
 
 
 class Preempted(Exception):
-    """The scheduler asked the job to stop (preemption or time-out): a checkpoint was saved at ``step``."""
+    """The scheduler asked the job to stop (preemption or time-out): the job resumes from the checkpoint of
+    ``step`` (-1: the initial state), saved before this was raised."""
 
     def __init__(self, step: int):
-        super().__init__(f"preempted after step {step}; checkpoint saved")
+        super().__init__(f"preempted; the checkpoint of step {step} is saved, to resume from")
         self.step = step

@@ -156,12 +156,16 @@ def test_toy_problem_and_aggregators_on_it():
     assert (toy_losses(x).detach() < start).all()  # MGDA moves towards the Pareto front: both objectives drop
 
 
-@pytest.mark.parametrize("overrides", [{}, {"optimizer.perturbation": "samo", "aggregator.name": "moco"}])
-def test_mtl_resume_after_preemption_is_bit_identical(tmp_path, overrides):
+@pytest.mark.parametrize("overrides,stop_at_call,resumes_at", [
+    ({}, 6, 1),  # mid-epoch 1 (4 batches an epoch): redo epoch 1 from epoch 0's checkpoint
+    ({"optimizer.perturbation": "samo", "aggregator.name": "moco"}, 4, 1),  # at epoch 0's end: saved, then stop
+    ({}, 2, 0),  # within the first epoch: from the initial state, saved at the start
+])
+def test_mtl_resume_after_preemption_is_bit_identical(tmp_path, overrides, stop_at_call, resumes_at):
     # SAGE-SAMO × MoCo: the SPSA directions, the noise and MoCo's tracking state all survive the checkpoint
     recipe = load_recipe(ROOT / "recipes" / "mtl_quickstart.yaml",
                          {"training.epochs": 3, "training.output_dir": str(tmp_path), "optimizer.gamma": 0.05,
-                          **overrides})
+                          "training.batch_size": 64, **overrides})
     data = load_mtl_data(recipe)
     from sage_cli.mtl.data import DigitPairs
 
@@ -170,14 +174,16 @@ def test_mtl_resume_after_preemption_is_bit_identical(tmp_path, overrides):
     ckpt = tmp_path / "ckpt.pt"
     calls = {"n": 0}
 
-    def stop_after_first_epoch():
+    def stop_at_a_step():  # asked once after every step but an epoch's last, and once at each epoch's end
         calls["n"] += 1
-        return True
+        return calls["n"] >= stop_at_call
 
-    with pytest.raises(Preempted):
-        train_mtl(recipe, data=data, checkpoint_path=ckpt, should_stop=stop_after_first_epoch)
+    with pytest.raises(Preempted) as stopped:
+        train_mtl(recipe, data=data, checkpoint_path=ckpt, should_stop=stop_at_a_step)
+    assert stopped.value.step == resumes_at - 1
     resumed = train_mtl(recipe, data=data, checkpoint_path=ckpt)
-    assert resumed.resumed_from == 1
+    assert resumed.resumed_from == resumes_at
+    assert len(resumed.history) == len(straight.history) == 3
     for a, b in zip(straight.history, resumed.history):
         assert {k: v for k, v in a.metrics.items() if "time" not in k} == \
                {k: v for k, v in b.metrics.items() if "time" not in k}

@@ -123,7 +123,9 @@ class MTLResult:
 def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, progress=None,
               checkpoint_path: str | Path | None = None, extra_state: dict | None = None,
               should_stop=None) -> MTLResult:
-    """Train an MTL recipe; one checkpoint (metrics, saved state) per epoch. Same contract as train_dg."""
+    """Train an MTL recipe; one checkpoint (metrics, saved state) per epoch, and the initial state. Same contract
+    as train_dg, except that ``should_stop()`` is obeyed after any step: mid-epoch, nothing is saved and
+    ``Preempted`` names the last epoch saved, which the resumed run continues from."""
     seed = recipe.training.seed
     torch.manual_seed(seed)
     device = pick_device(recipe.training.device)
@@ -146,6 +148,9 @@ def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, p
 
     def save(epoch: int) -> None:
         save_training_state(checkpoint_path, epoch, epoch == epochs - 1, recipe.hash(), parts, history, extra_state)
+
+    if checkpoint_path is not None and resumed_from is None:
+        save(-1)  # the initial state: a stop within the first epoch also resumes, in the same MLflow run
 
     for epoch in range(start, epochs):
         order = torch.randperm(len(data.train), generator=sampler)
@@ -173,6 +178,10 @@ def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, p
             sums += losses.detach().cpu()
             if progress is not None:
                 progress(epoch * per_epoch + b)
+            if should_stop is not None and b < per_epoch - 1 and should_stop():
+                # a preemption's grace is shorter than an NYU-v2 epoch: stop now and redo this epoch from the
+                # last epoch's checkpoint (its order and seeds come from the saved sampler: the same epoch)
+                raise Preempted(epoch - 1)
         mean_losses = sums / per_epoch
         aggregator.end_epoch(mean_losses)
         scheduler.step()
