@@ -45,10 +45,6 @@ class InterruptGuard:
         if self.notice:
             sys.stderr.write(f"\n{self.notice} (Ctrl-C again to stop at once)\n")
 
-    @property
-    def requested(self) -> bool:
-        return self.presses > 0
-
     def check(self) -> None:
         """Raise KeyboardInterrupt if Ctrl-C was pressed."""
         if self.presses:
