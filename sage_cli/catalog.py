@@ -1,79 +1,59 @@
-"""Every built-in dataset, backbone, objective and optimizer method, by name → where it lives.
+"""Every built-in dataset and backbone by name → where it lives and what it fits; and the registries of
+optimizer methods, objectives and MTL aggregators, whose settings classes register themselves beside their
+definitions. Nothing here imports torch: recipes are checked without it.
 
-Adding a method is one short module plus one line here. Names resolve lazily, so checking a recipe never
-imports torch.
+Adding a dataset or backbone is one module plus one entry here; a method, objective or aggregator is one
+implementation module plus its settings class (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
-from .registry import Registry
+from .mtl.settings import AGGREGATORS
+from .objectives.settings import OBJECTIVES
+from .optim.methods import METHODS
+from .registry import Entry, Registry
 
-# Environments of each dataset, in DomainBed's order (sorted folder names): recipe checks need their count.
-DATASET_ENVS: dict[str, list[str]] = {
-    "rotated_digits": ["0", "15", "30", "45", "60", "75"],
-    "pacs": ["art_painting", "cartoon", "photo", "sketch"],
-    "vlcs": ["Caltech101", "LabelMe", "SUN09", "VOC2007"],
-    "officehome": ["Art", "Clipart", "Product", "Real World"],
-    "terraincognita": ["location_100", "location_38", "location_43", "location_46"],
-    "domainnet": ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"],
-}
+__all__ = ["AGGREGATORS", "DATASETS", "METHODS", "MODELS", "OBJECTIVES", "PROTOCOLS", "dataset_kind"]
 
+IMAGE_BACKBONES = ("clip", "resnet50", "small_cnn")
+DENSE_BACKBONES = ("mtan", "mtan_narrow")
+
+
+def _domainbed(cls: str, envs: tuple[str, ...]) -> Entry:
+    return Entry(f"sage_cli.data.domainbed:{cls}", "dg", IMAGE_BACKBONES, envs)
+
+
+# Environments in DomainBed's order (sorted folder names): recipe checks need their count.
 DATASETS = Registry("dataset", {
-    "rotated_digits": "sage_cli.data.digits:RotatedDigits",
-    "pacs": "sage_cli.data.domainbed:PACS",
-    "vlcs": "sage_cli.data.domainbed:VLCS",
-    "officehome": "sage_cli.data.domainbed:OfficeHome",
-    "terraincognita": "sage_cli.data.domainbed:TerraIncognita",
-    "domainnet": "sage_cli.data.domainbed:DomainNet",
-    # multi-task benchmarks (trained by sage_cli.mtl.train)
-    "nyuv2": "sage_cli.mtl.data:DenseDataset",
-    "cityscapes": "sage_cli.mtl.data:DenseDataset",
-    "mtl_digits": "sage_cli.mtl.data:DigitPairs",
+    "rotated_digits": Entry("sage_cli.data.digits:RotatedDigits", "dg", ("small_cnn",),
+                            ("0", "15", "30", "45", "60", "75")),
+    "pacs": _domainbed("PACS", ("art_painting", "cartoon", "photo", "sketch")),
+    "vlcs": _domainbed("VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007")),
+    "officehome": _domainbed("OfficeHome", ("Art", "Clipart", "Product", "Real World")),
+    "terraincognita": _domainbed("TerraIncognita", ("location_100", "location_38", "location_43", "location_46")),
+    "domainnet": _domainbed("DomainNet", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")),
+    # multi-task benchmarks: an entry is a loader ``(dataset settings) -> MTLData``
+    "nyuv2": Entry("sage_cli.mtl.data:nyuv2", "mtl", DENSE_BACKBONES),
+    "cityscapes": Entry("sage_cli.mtl.data:cityscapes", "mtl", DENSE_BACKBONES),
+    "mtl_digits": Entry("sage_cli.mtl.data:mtl_digits", "mtl", ("digit_pairs_cnn",)),
 })
-MTL_DATASETS = {"nyuv2", "cityscapes", "mtl_digits"}
 
+# DG backbones: ``(input_shape, n_classes, backbone settings, class names) -> Classifier``;
+# MTL ones: ``(tasks, n_classes, backbone settings) -> nn.Module``. ``settings``: the keys each one reads.
 MODELS = Registry("backbone", {
-    "small_cnn": "sage_cli.models.cnn:small_cnn",
-    "clip": "sage_cli.models.clip:clip",
-    "clip_vit_b16": "sage_cli.models.clip:clip_vit_b16",
-    "resnet50": "sage_cli.models.resnet:resnet50",
-    "mtan": "sage_cli.mtl.models:MTAN",
-    "mtan_narrow": "sage_cli.mtl.models:MTAN",
-    "digit_pairs_cnn": "sage_cli.mtl.models:DigitPairsNet",
+    "small_cnn": Entry("sage_cli.models.cnn:small_cnn", "dg"),
+    "clip": Entry("sage_cli.models.clip:clip", "dg", settings=("pretrained", "model", "head", "prompt")),
+    "resnet50": Entry("sage_cli.models.resnet:resnet50", "dg", settings=("pretrained", "freeze_bn")),
+    "mtan": Entry("sage_cli.mtl.models:mtan", "mtl"),
+    "mtan_narrow": Entry("sage_cli.mtl.models:mtan_narrow", "mtl"),
+    "digit_pairs_cnn": Entry("sage_cli.mtl.models:digit_pairs_cnn", "mtl"),
 })
 
-OBJECTIVES = Registry("objective", {
-    "erm": "sage_cli.objectives:ERM",
-    "irm": "sage_cli.objectives.penalties:IRM",
-    "vrex": "sage_cli.objectives.penalties:VREx",
-    "mmd": "sage_cli.objectives.penalties:MMD",
-    "coral": "sage_cli.objectives.penalties:CORAL",
-    "dann": "sage_cli.objectives.adversarial:DANN",
-    "cdann": "sage_cli.objectives.adversarial:CDANN",
-    "rsc": "sage_cli.objectives.rsc:RSC",
-    "fish": "sage_cli.objectives.fish:Fish",
-    "iib": "sage_cli.objectives.iib:IIB",
-})
 
-METHODS = Registry("optimizer method", {
-    name: f"sage_cli.optim.builders:{name}"
-    for name in ("erm", "sage", "sam", "asam", "gsam", "sagm", "disam", "gam", "gga", "sgld", "muon", "samo", "fmtl")
-})
+# the training protocol of each kind of dataset (``train.loop.TrainingProtocol``)
+PROTOCOLS = Registry("protocol", {"dg": "sage_cli.train.dg:PROTOCOL", "mtl": "sage_cli.mtl.train:PROTOCOL"})
 
-AGGREGATORS = Registry("aggregator", {
-    "ls": "sage_cli.mtl.aggregators:LS",
-    "stl": "sage_cli.mtl.aggregators:STL",
-    "si": "sage_cli.mtl.aggregators:SI",
-    "rlw": "sage_cli.mtl.aggregators:RLW",
-    "dwa": "sage_cli.mtl.aggregators:DWA",
-    "uw": "sage_cli.mtl.aggregators:UW",
-    "famo": "sage_cli.mtl.aggregators:FAMO",
-    "mgda": "sage_cli.mtl.aggregators:MGDA",
-    "pcgrad": "sage_cli.mtl.aggregators:PCGrad",
-    "imtlg": "sage_cli.mtl.aggregators:IMTLG",
-    "cagrad": "sage_cli.mtl.aggregators:CAGrad",
-    "fairgrad": "sage_cli.mtl.aggregators:FairGrad",
-    "graddrop": "sage_cli.mtl.aggregators:GradDrop",
-    "nashmtl": "sage_cli.mtl.aggregators:NashMTL",
-    "moco": "sage_cli.mtl.aggregators:MoCo",
-})
+
+def dataset_kind(name: str) -> str:
+    """``dg`` or ``mtl``."""
+    return DATASETS.entry(name).kind

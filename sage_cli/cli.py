@@ -138,6 +138,11 @@ LAUNCH_OPTIONS = dict(
 )
 
 
+def _print_notes(notes: list[str]) -> None:
+    for note in dict.fromkeys(notes):  # once each, in order
+        typer.echo(f"note: {note}", err=True)
+
+
 def _launch(sweep_id, name, jobs, tracking_uri, experiment, slurm, launcher, max_parallel, dry_run, force):
     from rich.console import Console
 
@@ -187,9 +192,12 @@ def ablate(
         if not axes and not components:
             raise UserError("give --rho and/or --gamma values, or --components")
         run_seeds, run_envs = _split(seeds, int, "seeds"), _test_envs(test_envs)
-        jobs = expand(base, axes, {"sage": {"optimizer.method": "sage"}}, run_seeds, run_envs, str(recipe)) if axes else []
+        notes: list[str] = []
+        # the grid runs the recipe's own method (after --set): a ρ or γ it does not read is a note, not jobs
+        jobs = expand(base, axes, None, run_seeds, run_envs, str(recipe), notes=notes) if axes else []
         if components:  # Fig. 3's variants run at the recipe's own ρ and γ, not over the grid
-            jobs += expand(base, {}, COMPONENTS, run_seeds, run_envs, str(recipe))
+            jobs += expand(base, {}, COMPONENTS, run_seeds, run_envs, str(recipe), notes=notes)
+        _print_notes(notes)
         name = f"ablate-{base.name or recipe.stem}"
         _launch(sweep_id(name, jobs), name, jobs, tracking_uri, base.tracking.experiment, None, launcher,
                 max_parallel, dry_run, force)
@@ -212,7 +220,9 @@ def sweep(
     try:
         from .launch.plan import load_experiment, sweep_id
 
-        exp = load_experiment(experiment, _split(seeds, int, "seeds"), _test_envs(test_envs))
+        notes: list[str] = []
+        exp = load_experiment(experiment, _split(seeds, int, "seeds"), _test_envs(test_envs), notes)
+        _print_notes(notes)
         _launch(sweep_id(exp.name, exp.jobs), exp.name, exp.jobs, tracking_uri, exp.tracking_experiment, exp.slurm,
                 launcher, max_parallel, dry_run, force)
     except UserError as exc:

@@ -12,11 +12,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from .catalog import AGGREGATORS, DATASET_ENVS, DATASETS, METHODS, MODELS, MTL_DATASETS, OBJECTIVES
+from .catalog import AGGREGATORS, DATASETS, METHODS, MODELS, OBJECTIVES, dataset_kind
 from .errors import UserError
-from .registry import did_you_mean
+from .mtl.settings import Aggregator
+from .objectives.settings import Objective
+from .optim.methods import Method
+from .registry import Registry, did_you_mean
+from .settings import Choice, Section, non_defaults
 
 
 class _Loader(yaml.SafeLoader):
@@ -43,15 +56,14 @@ def parse_value(text: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- schema
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Section = Section
 
 
 class DatasetConfig(_Section):
     name: str = "rotated_digits"
     root: str | None = None
-    test_envs: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    test_envs: list[int] = Field(default_factory=lambda: [0], min_length=1)  # DG only
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)  # DG only
     image_size: int = Field(224, gt=0)  # image datasets on disk
     corrupt_images: Literal["fail", "skip"] = "fail"
 
@@ -62,15 +74,23 @@ class DatasetConfig(_Section):
 
     @model_validator(mode="after")
     def _envs_in_range(self):
-        if self.name in MTL_DATASETS:  # tasks, not environments
+        if dataset_kind(self.name) == "mtl":  # tasks, not environments
             return self
-        n = len(DATASET_ENVS[self.name])
+        envs = DATASETS.entry(self.name).envs
+        n = len(envs)
         for env in self.test_envs:
             if not 0 <= env < n:
                 raise ValueError(f"test env {env} is out of range: {self.name} has envs 0..{n - 1}")
         if len(set(self.test_envs)) >= n:
             raise ValueError(f"every env of {self.name} is a test env: nothing is left to train on")
         return self
+
+    @property
+    def kind(self) -> str:
+        return dataset_kind(self.name)
+
+
+DG_ONLY_DATASET = ("test_envs", "holdout_fraction", "image_size", "corrupt_images")
 
 
 class BackboneConfig(_Section):
@@ -86,77 +106,9 @@ class BackboneConfig(_Section):
     def _known(cls, v):
         return MODELS.check(v)
 
-
-class ObjectiveConfig(_Section):
-    name: str = "erm"
-    hparams: dict[str, float | int | bool | str] = Field(default_factory=dict)  # e.g. {lambda: 1.0}
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        return OBJECTIVES.check(v)
-
-
-# Each method's radius when the recipe gives none: SAGE at the paper's DG value, SAM/ASAM at their papers'.
-DEFAULT_RHO = {"sage": 1e-6, "sam": 0.05, "asam": 0.5, "gsam": 0.05, "sagm": 0.05, "disam": 0.05, "gam": 0.02,
-               "erm": 0.0, "muon": 0.0, "sgld": 0.0, "gga": 0.0,
-               "samo": 1e-3, "fmtl": 2.0}  # SAMO's and F-MTL's reference settings (NYU-v2)
-DEFAULT_ALPHA = {"gsam": 0.01, "sagm": 0.001}
-
-
-class OptimizerConfig(_Section):
-    method: str = "sage"
-    base: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)
-    rho: float | None = Field(None, ge=0)
-    gamma: float = Field(1e-6, ge=0)
-    polar: Literal["quintic", "cubic", "svd", "polar_express", "none"] = "quintic"
-    ns_steps: int = Field(5, ge=1)
-    scale_by_weight_norm: bool = True
-    bias_rule: Literal["sam", "scaled", "none"] = "sam"
-    noise: bool = True
-    eta: float = Field(0.01, ge=0)  # ASAM
-    alpha: float | None = Field(None, ge=0)  # GSAM (0.01) / SAGM (0.001)
-    variance_weight: float = Field(0.1, ge=0)  # DISAM's λ
-    sigma: float = Field(1e-3, ge=0)  # SGLD's constant noise
-    gam_norm_rho: float = Field(0.2, ge=0)  # GAM
-    gam_gamma: float = Field(0.03, ge=0)
-    gga_start: int = Field(0, ge=0)  # GGA's annealing window [start, end]
-    gga_end: int = Field(100, ge=0)
-    gga_candidates: int = Field(10, ge=0)
-    gga_neighborhood: float = Field(1e-4, ge=0)
-    gga_tolerance: float = Field(0.1, ge=0)
-    # MTL, per-task perturbations. ``perturbation: samo`` with ``method: sage`` is SAGE-SAMO.
-    perturbation: Literal["global", "samo"] = "global"
-    samo_beta: float = Field(0.5, ge=0, le=1)  # weight of the local (per-task) information
-    samo_zo_eps: float = Field(0.01, gt=0)  # SPSA step μ
-    samo_layerwise: bool = True  # per layer, the local estimate rescaled to the global gradient's norm
-    samo_max_norm: float = Field(1.0, ge=0)  # the shared update's norm clip (0: none)
-    fmtl_adaptive: bool = True  # F-MTL: ε = ρ T²g/‖Tg‖ with T = |θ| (the reference's default)
-    fmtl_decompose: bool = True  # F-MTL: X(g) + X(g_perturbed − g) rather than X(g_perturbed)
-
-    @field_validator("method")
-    @classmethod
-    def _known(cls, v):
-        return METHODS.check(v)
-
-    @model_validator(mode="after")
-    def _resolve_defaults(self):
-        if self.rho is None:
-            self.rho = DEFAULT_RHO.get(self.method, 0.0)
-        if self.alpha is None:
-            self.alpha = DEFAULT_ALPHA.get(self.method, 0.0)
-        if self.perturbation == "samo" and self.method != "sage":
-            raise ValueError(f"perturbation 'samo' composes with method 'sage' (SAGE-SAMO); "
-                             f"for SAMO alone use method 'samo', not '{self.method}'")
-        return self
-
-    @property
-    def label(self) -> str:
-        """The method's name in tables and run tags: ``sage-samo`` for SAGE with SAMO's perturbations."""
-        return "sage-samo" if self.perturbation == "samo" else self.method
+    def identity(self) -> dict:
+        reads = MODELS.entry(self.name).settings
+        return {"name": self.name, **{k: v for k, v in non_defaults(self).items() if k in reads}}
 
 
 class TrainingConfig(_Section):
@@ -175,27 +127,10 @@ class TrainingConfig(_Section):
     report_epochs: int = Field(10, gt=0)  # MTL results are the mean over the last N epochs (the references': 10)
 
 
-class AggregatorConfig(_Section):
-    """MTL: how per-task losses and gradients combine (Table 2's solvers); SAGE composes with any of them."""
-
-    name: str = "ls"
-    stl_task: int = Field(0, ge=0)
-    dwa_temperature: float = Field(2.0, gt=0)
-    famo_w_lr: float = Field(0.025, gt=0)
-    famo_gamma: float = Field(1e-3, ge=0)
-    cagrad_c: float = Field(0.4, ge=0)
-    fairgrad_alpha: float = Field(2.0, gt=0)
-    nash_max_norm: float = Field(1.0, ge=0)
-    moco_beta: float = Field(0.5, gt=0)  # MoCo (LibMTL defaults): step of the gradient tracking y
-    moco_beta_sigma: float = Field(0.5, ge=0)  # its decay β/t^σ
-    moco_gamma: float = Field(0.1, gt=0)  # step of the weights λ
-    moco_gamma_sigma: float = Field(0.5, ge=0)
-    moco_rho: float = Field(0.0, ge=0)  # ℓ2 regularisation of λ's update
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        return AGGREGATORS.check(v)
+# what acts only on one kind of dataset (left out of the other kind's identity); where it runs never acts
+TRAINING_ONLY = {"dg": ("steps", "checkpoint_freq", "batch_sampling"),
+                 "mtl": ("epochs", "lr_step_epochs", "lr_gamma", "report_epochs")}
+TRAINING_NOT_IDENTITY = ("device", "output_dir")
 
 
 class SweepConfig(_Section):
@@ -228,29 +163,121 @@ class Recipe(_Section):
     name: str | None = None
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
-    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    objective: SerializeAsAny[Objective] = Field(default_factory=lambda: OBJECTIVES.get("erm")())
+    aggregator: SerializeAsAny[Aggregator] | None = None  # MTL only; LS when not given
+    optimizer: SerializeAsAny[Method] = Field(default_factory=lambda: METHODS.get("sage")())
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
+    # --------------------------------------------------------- the parts fit together, before any run exists
+    @field_validator("backbone", mode="wrap")
+    @classmethod
+    def _backbone_fits(cls, value, handler, info: ValidationInfo):
+        backbone = handler(value)
+        dataset = info.data.get("dataset")
+        if dataset is not None and backbone.name not in DATASETS.entry(dataset.name).backbones:
+            fits = ", ".join(DATASETS.entry(dataset.name).backbones)
+            _misfit("name", backbone.name, f"backbone '{backbone.name}' cannot read {dataset.name} "
+                                          f"({KIND_NAMES[dataset.kind]}); use {fits}")
+        reads = MODELS.entry(backbone.name).settings
+        for key in non_defaults(backbone):
+            if key != "name" and key not in reads:
+                _misfit(key, getattr(backbone, key), f"not a setting of backbone '{backbone.name}'"
+                                                     + (f" (it reads {', '.join(reads)})" if reads else ""))
+        return backbone
+
+    @field_validator("objective", mode="wrap")
+    @classmethod
+    def _pick_objective(cls, value, handler, info: ValidationInfo):
+        return _choose(OBJECTIVES, "erm", value, handler, info)
+
+    @field_validator("aggregator", mode="wrap")
+    @classmethod
+    def _pick_aggregator(cls, value, handler, info: ValidationInfo):
+        dataset = info.data.get("dataset")
+        if value is None:
+            return AGGREGATORS.get("ls")() if dataset is not None and dataset.kind == "mtl" else None
+        return _choose(AGGREGATORS, "ls", value, handler, info)
+
+    @field_validator("optimizer", mode="wrap")
+    @classmethod
+    def _pick_method(cls, value, handler, info: ValidationInfo):
+        return _choose(METHODS, "sage", value, handler, info)
+
     # ------------------------------------------------------------------ identity and views
+    @property
+    def kind(self) -> str:
+        """``dg`` (domain generalization) or ``mtl`` (multi-task learning), from the dataset."""
+        return self.dataset.kind
+
     def identity(self) -> dict:
-        """What defines the experiment: everything but its name and where it runs, logs and saves."""
-        return self.model_dump(mode="json", exclude={"tracking": True, "name": True, "sweep": True, "slurm": True,
-                                                     "training": {"device", "output_dir"}})
+        """What acts on the run, and differs from its default (see the README's "Run identity")."""
+        kind = self.kind
+        dataset_skip = DG_ONLY_DATASET if kind == "mtl" else ()
+        other = TRAINING_ONLY["mtl" if kind == "dg" else "dg"]
+        ident = {
+            "dataset": {"name": self.dataset.name, **non_defaults(self.dataset, exclude=("name", *dataset_skip))},
+            "backbone": self.backbone.identity(),
+            "optimizer": self.optimizer.identity(),
+            "training": non_defaults(self.training, exclude=(*TRAINING_NOT_IDENTITY, *other)),
+        }
+        if kind == "dg":
+            ident["objective"] = self.objective.identity()
+        else:
+            ident["aggregator"] = self.aggregator.identity()
+        return ident
 
     def hash(self) -> str:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    def given(self) -> dict:
+        """The recipe as written (and overridden): what a planner starts from to derive another one."""
+        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
     def flat(self) -> dict[str, Any]:
-        return flatten_dict(self.model_dump(mode="json"))
+        return flatten_dict(self.model_dump(mode="json", by_alias=True))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+KIND_NAMES = {"dg": "a domain generalization dataset", "mtl": "a multi-task dataset"}
+
+
+def _misfit(key: str, value, message: str):
+    """A validation error located at ``key`` of the section being validated (so it names file, line, key)."""
+    raise ValidationError.from_exception_data("recipe", [
+        {"type": PydanticCustomError("misfit", message), "loc": (key,), "input": value}])
+
+
+def _choose(registry: Registry, default: str, value, handler, info: ValidationInfo):
+    """Validate a section with the settings class its name picks (``optimizer.method``, ``objective.name``,
+    ``aggregator.name``), then check that the choice fits the dataset."""
+    if isinstance(value, Choice):
+        chosen = value
+    elif isinstance(value, dict):
+        tag = registry.get(registry.names()[0]).tag
+        name = value.get(tag, default)
+        try:
+            settings_class = registry.get(registry.check(name))
+        except UserError as exc:
+            _misfit(tag, name, str(exc))
+        chosen = settings_class.model_validate(value)
+    else:
+        return handler(value)  # "Input should be a valid dictionary"
+    dataset = info.data.get("dataset")
+    if dataset is None:
+        return chosen
+    if dataset.kind not in chosen.fits:
+        _misfit(chosen.tag, chosen.choice, f"{registry.kind} '{chosen.choice}' does not act on {dataset.name} "
+                                           f"({KIND_NAMES[dataset.kind]})")
+    problem = chosen.misfit(dataset.kind)
+    if problem:
+        _misfit(*problem)
+    return chosen
 
 
 def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -281,9 +308,25 @@ def _key_lines(node, path=(), lines=None, source="") -> dict[tuple, int]:
     return lines
 
 
-def _model_at(path: tuple) -> type[BaseModel] | None:
+CHOICES = {"optimizer": METHODS, "objective": OBJECTIVES, "aggregator": AGGREGATORS}
+DEFAULT_CHOICE = {"optimizer": "sage", "objective": "erm", "aggregator": "ls"}
+
+
+def _chosen_class(section: str, data: dict):
+    """The settings class a section's name picks in ``data`` (the raw recipe), or None if unknown."""
+    registry = CHOICES[section]
+    given = data.get(section) if isinstance(data.get(section), dict) else {}
+    tag = registry.get(registry.names()[0]).tag
+    name = given.get(tag, DEFAULT_CHOICE[section])
+    return registry.get(name) if name in registry else None
+
+
+def _model_at(path: tuple, data: dict) -> type[BaseModel] | None:
     model: Any = Recipe
-    for part in path:
+    for i, part in enumerate(path):
+        if i == 0 and part in CHOICES:
+            model = _chosen_class(part, data)
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return None
@@ -291,16 +334,33 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _describe(err: dict) -> str:
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _unknown_key(loc: tuple, data: dict) -> str:
+    parent = _model_at(loc[:-1], data)
+    key = loc[-1]
+    if parent is not None and loc[0] in CHOICES and issubclass(parent, Choice):
+        registry = CHOICES[loc[0]]
+        owner = [n for n in registry.names() if key in _keys(registry.get(n))
+                 or key in _keys(registry.get(n).model_fields.get("hparams").annotation
+                                 if "hparams" in registry.get(n).model_fields else BaseModel)]
+        if owner:
+            return (f"not a setting of {registry.kind} '{parent.model_fields[parent.tag].default}' "
+                    f"(it belongs to {', '.join(repr(o) for o in owner[:3])})")
+    hint = did_you_mean(key, _keys(parent)) if parent else ""
+    return f"unknown key{hint}"
+
+
+def _describe(err: dict, data: dict) -> str:
     loc = tuple(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        hint = did_you_mean(loc[-1], parent.model_fields) if parent else ""
-        return f"unknown key{hint}"
+        return _unknown_key(loc, data)
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(
+    if err["type"] not in ("value_error", "assertion_error", "misfit") and "input" in err and not isinstance(
         err["input"], (dict, list)
     ):
         msg = f"{msg} (got {err['input']!r})"
@@ -316,6 +376,44 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
             raise UserError(f"--set {dotted}: '{part}' is not a section")
         cur = nxt
     cur[parts[-1]] = value
+
+
+def _settings_of(section: str, name) -> set[str] | None:
+    registry = CHOICES[section]
+    if name not in registry:
+        return None
+    return set(_keys(registry.get(name)))
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """``data`` (a recipe as plain data) with ``overrides`` (dotted key → value) applied, as a new dict.
+
+    An override that switches a section to another method, objective or aggregator drops the settings the
+    recipe gave for the old one that the new one does not have (a SAGE recipe's γ when ``optimizer.method``
+    becomes ``sam``); a setting given in the overrides themselves is kept, and refused if it does not act.
+    """
+    data = json.loads(json.dumps(data))  # a deep copy of plain data (fast: a thousand jobs are planned at once)
+    for section, registry in CHOICES.items():
+        tag = registry.get(registry.names()[0]).tag
+        switch = overrides.get(f"{section}.{tag}")
+        current = data.get(section)
+        if switch is None or not isinstance(current, dict):
+            continue
+        if switch == current.get(tag, DEFAULT_CHOICE[section]):
+            continue
+        keep = _settings_of(section, switch)
+        if keep is None:
+            continue  # an unknown name: validation reports it
+        data[section] = {k: v for k, v in current.items() if k in keep and k != "hparams"}
+    for dotted, value in overrides.items():
+        _set_path(data, dotted, value)
+    return data
+
+
+def validation_message(exc: ValidationError, data: dict) -> tuple[str, str]:
+    """(dotted key, message) of the first error."""
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), _describe(err, data)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -350,20 +448,17 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
                         f"not a {type(data).__name__}")
     lines = _key_lines(tree, source=source)
     overrides = overrides or {}
-    for dotted, value in overrides.items():
-        _set_path(data, dotted, value)
+    data = apply_overrides(data, overrides)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(str(p) for p in err["loc"])
-        dotted = ".".join(loc)
+        dotted, message = validation_message(exc, data)
+        loc = tuple(dotted.split("."))
         if any(dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".") for k in overrides):
             where = f"--set {dotted}"
         else:
             line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
             where = f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
-        raise UserError(f"{where}: {_describe(err)}") from None
+        raise UserError(f"{where}: {message}") from None
     except UserError as exc:  # a registry lookup outside pydantic's wrapping
         raise UserError(f"{source}: {exc}") from None
-

@@ -1,14 +1,17 @@
-"""One small registry type, used once per axis (datasets, backbones, objectives, optimizer methods).
+"""One small registry type, used once per axis (datasets, backbones, objectives, optimizer methods, MTL
+aggregators).
 
-Entries are "module:attribute" strings resolved on first use, so listing and checking names (recipe
-validation, dry runs) never imports torch; ``register`` adds an object directly (plugins, tests).
+An entry is either an object (a settings class, registered by the decorator beside it) or a "module:attr"
+string, or an ``Entry`` holding one with some metadata, resolved on first ``get`` — so listing and checking
+names (recipe validation, dry runs) never imports torch.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import UserError
 
@@ -18,19 +21,45 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def resolve(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A lazily imported constructor and what is known of it without importing it."""
+
+    target: str  # "module:attr"
+    kind: str = "dg"  # dg | mtl: which protocol it belongs to
+    backbones: tuple[str, ...] = ()  # datasets: the backbones that can read it
+    envs: tuple[str, ...] = ()  # DG datasets: environment names in DomainBed's order
+    settings: tuple[str, ...] = ()  # backbones: the ``backbone:`` keys it reads (beyond ``name``)
+
+
 class Registry:
-    def __init__(self, kind: str, entries: dict[str, str] | None = None):
+    def __init__(self, kind: str, entries: dict[str, Any] | None = None):
         self.kind = kind
         self._entries: dict[str, Any] = dict(entries or {})
+        self._loaded: dict[str, Any] = {}
 
-    def register(self, name: str) -> Callable[[Any], Any]:
-        def deco(obj):
-            if name in self._entries and self._entries[name] is not obj:
-                raise ValueError(f"{self.kind} '{name}' registered twice")
-            self._entries[name] = obj
-            return obj
+    def register(self, obj=None, *, name: str | None = None):
+        """Add ``obj`` under ``name`` (default: a settings class's own tag value). Usable as a decorator:
+        ``@METHODS.register`` above a settings class."""
 
-        return deco
+        def add(entry):
+            key = name or entry.model_fields[entry.tag].default
+            if key in self._entries and self._entries[key] is not entry:
+                raise ValueError(f"{self.kind} '{key}' registered twice")
+            self._entries[key] = entry
+            self._loaded.pop(key, None)
+            return entry
+
+        return add(obj) if obj is not None else add
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+        self._loaded.pop(name, None)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -46,10 +75,14 @@ class Registry:
             )
         return name
 
+    def entry(self, name: str):
+        """What is registered, unresolved (an ``Entry``'s metadata, a settings class)."""
+        return self._entries[self.check(name)]
+
     def get(self, name: str):
-        entry = self._entries[self.check(name)]
-        if isinstance(entry, str):
-            module, _, attr = entry.partition(":")
-            entry = getattr(importlib.import_module(module), attr)
-            self._entries[name] = entry
-        return entry
+        """The constructor itself, imported on first use."""
+        if name not in self._loaded:
+            entry = self.entry(name)
+            target = entry.target if isinstance(entry, Entry) else entry
+            self._loaded[name] = resolve(target) if isinstance(target, str) else target
+        return self._loaded[name]

@@ -10,8 +10,8 @@ from sage_cli.recipe import load_recipe
 from sage_cli.train.dg import train_dg
 
 QUICKSTART = "recipes/quickstart.yaml"
-FAST = {"training.steps": 3, "training.checkpoint_freq": 2, "training.batch_size": 8, "optimizer.rho": None,
-        "optimizer.gga_candidates": 2}
+FAST = {"training.steps": 3, "training.checkpoint_freq": 2, "training.batch_size": 8, "optimizer.rho": None}
+GGA_FAST = {"optimizer.gga_candidates": 2}  # a setting of gga alone
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,17 @@ def _check(result):
     assert all(0 <= last.metrics[k] <= 1 for k in last.metrics if k.endswith("_acc"))
 
 
+def _fast(values):
+    return {**FAST, **(GGA_FAST if values.get("optimizer.method") == "gga" else {})}
+
+
 def _digits(tmp_path, **values):
-    return train_dg(load_recipe(QUICKSTART, {**FAST, "training.output_dir": str(tmp_path), **values}))
+    return train_dg(load_recipe(QUICKSTART, {**_fast(values), "training.output_dir": str(tmp_path), **values}))
 
 
 def _vit(pacs, tmp_path, **values):
     return train_dg(load_recipe(QUICKSTART, {
-        **FAST, "training.output_dir": str(tmp_path), "dataset.name": "pacs", "dataset.root": str(pacs),
+        **_fast(values), "training.output_dir": str(tmp_path), "dataset.name": "pacs", "dataset.root": str(pacs),
         "dataset.image_size": 32, "dataset.test_envs": [3], "backbone.name": "clip", "backbone.model": "ViT-Tiny-16",
         "training.batch_size": 4, **values}))
 

@@ -12,7 +12,6 @@ from sage_cli.objectives import OBJECTIVES
 from sage_cli.objectives.adversarial import reverse_gradient
 from sage_cli.objectives.penalties import coral_distance, gaussian_kernel_mmd, irm_penalty
 from sage_cli.objectives.rsc import rsc_feature_mask
-from sage_cli.recipe import ObjectiveConfig
 
 
 def test_irm_penalty_is_product_of_half_batch_scale_gradients():
@@ -28,7 +27,7 @@ def test_irm_penalty_is_product_of_half_batch_scale_gradients():
 
 
 def test_vrex_adds_variance_of_env_risks_after_annealing():
-    obj = OBJECTIVES.get("vrex")(_model(), 2, ObjectiveConfig(name="vrex", hparams={"lambda": 3.0, "anneal_iters": 1}))
+    obj = OBJECTIVES.get("vrex")(hparams={"lambda": 3.0, "anneal_iters": 1}).build(_model(), 2, None)
     model = _model()
     xs, ys = [torch.randn(4, 2), torch.randn(4, 2)], [torch.tensor([0, 1, 0, 1]), torch.tensor([1, 1, 0, 0])]
     risks = torch.stack([F.cross_entropy(model(x), y) for x, y in zip(xs, ys)])
@@ -71,7 +70,7 @@ def test_gradient_reversal_flips_and_scales():
 
 def test_dann_trains_discriminator_against_featurizer():
     model = _model()
-    obj = OBJECTIVES.get("dann")(model, 2, ObjectiveConfig(name="dann"), n_classes=2)
+    obj = OBJECTIVES.get("dann")().build(model, 2, 2)
     xs, ys = [torch.randn(4, 2), torch.randn(4, 2) + 1], [torch.tensor([0, 1, 0, 1])] * 2
     losses = obj.losses(model, xs, ys)
     disc_w = obj.discriminator[-1].weight
@@ -88,7 +87,7 @@ def test_dann_trains_discriminator_against_featurizer():
 
 def test_cdann_discriminator_sees_the_class():
     model = _model()
-    obj = OBJECTIVES.get("cdann")(model, 2, ObjectiveConfig(name="cdann"), n_classes=2)
+    obj = OBJECTIVES.get("cdann")().build(model, 2, 2)
     assert len(obj.parameters()) == 7  # the discriminator plus the class embeddings
     xs = [torch.randn(4, 2), torch.randn(4, 2) + 1]
     a = obj.losses(model, xs, [torch.tensor([0, 0, 0, 0])] * 2)
@@ -115,7 +114,7 @@ def test_fish_meta_update_by_hand():
     w0 = model.featurizer.weight.detach().clone()
     xs = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])]
     ys = [torch.tensor([0]), torch.tensor([1])]
-    obj = OBJECTIVES.get("fish")(model, 2, ObjectiveConfig(name="fish", hparams={"meta_lr": 0.5}))
+    obj = OBJECTIVES.get("fish")(hparams={"meta_lr": 0.5}).build(model, 2, None)
     lr = 0.1
     obj.update(model, xs, ys, None, lambda m: SinglePassOptimizer(m.parameters(), torch.optim.SGD, lr=lr))
     w = w0.clone()
@@ -127,8 +126,7 @@ def test_fish_meta_update_by_hand():
 
 def test_iib_replaces_head_and_adds_its_terms():
     model = _model(features=4)
-    obj = OBJECTIVES.get("iib")(model, 2, ObjectiveConfig(name="iib", hparams={"lambda_beta": 0.5,
-                                                                               "lambda_inv_risks": 3.0}), n_classes=2)
+    obj = OBJECTIVES.get("iib")(hparams={"lambda_beta": 0.5, "lambda_inv_risks": 3.0}).build(model, 2, 2)
     head = model.classifier
     assert type(head).__name__ == "IIBHead"
     xs, ys = [torch.randn(5, 2), torch.randn(5, 2)], [torch.tensor([0, 1, 0, 1, 1]), torch.tensor([1, 1, 0, 0, 1])]

@@ -267,6 +267,6 @@ def test_perturbation_samo_needs_method_sage(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: r\ndataset:\n  name: mtl_digits\nbackbone:\n  name: digit_pairs_cnn\n"
                     "optimizer:\n  method: sam\n  perturbation: samo\n")
-    with pytest.raises(UserError, match="perturbation 'samo' composes with method 'sage'"):
+    with pytest.raises(UserError, match=r"optimizer.perturbation: not a setting of optimizer method 'sam' \(it belongs to 'sage'\)"):
         load_recipe(path)
     assert load_recipe(path, {"optimizer.method": "sage"}).optimizer.label == "sage-samo"

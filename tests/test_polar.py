@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sage_cli.optim.polar import iterate_singular_values, polar
+from sage_cli.optim.polar_factor import iterate_singular_values, polar
 
 
 def _matrix_with_spectrum(m, n, singular_values, seed=0):

@@ -2,4 +2,4 @@
 loading anything, so recipes can be checked cheaply), ``N_CLASSES``, ``INPUT_SHAPE`` and a constructor
 ``(root)`` that yields one dataset per environment in ``.datasets``."""
 
-from ..catalog import DATASET_ENVS, DATASETS  # noqa: F401
+from ..catalog import DATASETS  # noqa: F401

@@ -1,6 +1,7 @@
 """DomainBed's image datasets from disk: ``root/<DIR>/<env>/<class>/<image>``.
 
-Environments are the sorted env folders of the paper's layout (reference-facts §4); every env must hold the
+Environments are the sorted env folders of DomainBed's layout (facebookresearch/DomainBed,
+``domainbed/datasets.py`` sorts them); every env must hold the
 same class folders. Images are opened lazily; a corrupt one either stops the run with its path (default) or,
 with ``dataset.corrupt_images: skip``, is dropped with a warning and counted.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..catalog import DATASET_ENVS
+from ..catalog import DATASETS
 from ..errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
@@ -152,8 +153,8 @@ class FolderSpec:
     n_classes: int
 
 
-SPECS = {  # folder under the data root, envs (catalog.DATASET_ENVS), DomainBed's class count
-    name: FolderSpec(directory, tuple(DATASET_ENVS[name]), n_classes)
+SPECS = {  # folder under the data root, envs (the catalog's), DomainBed's class count
+    name: FolderSpec(directory, DATASETS.entry(name).envs, n_classes)
     for name, directory, n_classes in [("pacs", "PACS", 7), ("vlcs", "VLCS", 5), ("officehome", "office_home", 65),
                                        ("terraincognita", "terra_incognita", 10), ("domainnet", "domain_net", 345)]
 }
@@ -164,11 +165,9 @@ def folder_dataset(name: str):
     spec = SPECS[name]
 
     class FolderDataset:
-        SPEC = spec
         ENVIRONMENTS = list(spec.envs)
         N_CLASSES = spec.n_classes
         INPUT_SHAPE = (3, 224, 224)
-        ON_DISK = True
 
         def __init__(self, root=None, image_size: int = 224, normalization: str = "imagenet",
                      corrupt_images: str = "fail"):

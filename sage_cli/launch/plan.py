@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,20 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..catalog import DATASET_ENVS
+from ..catalog import DATASETS
 from ..errors import UserError
-from ..recipe import Recipe, SlurmConfig, _Loader, flatten_dict, load_recipe
+from ..recipe import (
+    CHOICES,
+    Recipe,
+    SlurmConfig,
+    _chosen_class,
+    _keys,
+    _Loader,
+    apply_overrides,
+    flatten_dict,
+    load_recipe,
+    validation_message,
+)
 from ..registry import did_you_mean
 
 # The Fig. 3 ablation (OfficeHome): each SAGE component removed, Muon, and the full method.
@@ -38,28 +48,29 @@ class Job:
         self.hash = self.recipe.hash()
 
 
-def _set(data: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[last] = value
-
-
 def resolve(base: dict, overrides: dict[str, Any], where: str) -> Recipe:
-    data = json.loads(json.dumps(base))  # a deep copy of plain data (fast: a thousand jobs are planned at once)
-    for dotted, value in overrides.items():
-        _set(data, dotted, value)
+    data = apply_overrides(base, overrides)
     try:
         return Recipe.model_validate(data)
-    except ValidationError as exc:  # pydantic's message, shortened to its first error
-        err = exc.errors()[0]
-        raise UserError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    except ValidationError as exc:
+        dotted, message = validation_message(exc, data)
+        raise UserError(f"{where}: {dotted}: {message}") from None
+
+
+def acts(data: dict, dotted: str) -> bool:
+    """Whether the setting ``dotted`` is read by the method, objective or aggregator ``data`` picks (other
+    sections' settings always count as acting)."""
+    section, _, key = dotted.partition(".")
+    if section not in CHOICES or not key or "." in key:
+        return True
+    chosen = _chosen_class(section, data)
+    return chosen is None or key in _keys(chosen)
 
 
 def test_env_values(recipe: Recipe, spec) -> list[int | None]:
-    if recipe.dataset.name not in DATASET_ENVS:  # multi-task: no environments to hold out
+    if recipe.kind == "mtl":  # multi-task: no environments to hold out
         return [None]
-    n = len(DATASET_ENVS[recipe.dataset.name])
+    n = len(DATASETS.entry(recipe.dataset.name).envs)
     if spec in (None, "recipe"):
         spec = recipe.sweep.test_envs
     if spec == "all":
@@ -72,18 +83,29 @@ def test_env_values(recipe: Recipe, spec) -> list[int | None]:
 
 
 def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[str, Any]] | None = None,
-           seeds: list[int] | None = None, test_envs=None, source: str = "recipe", label: str = "") -> list[Job]:
+           seeds: list[int] | None = None, test_envs=None, source: str = "recipe", label: str = "",
+           notes: list[str] | None = None) -> list[Job]:
     """Every combination of ``axes`` (dotted key → values) × ``variants`` (label → overrides) × seeds ×
-    test envs, each a validated recipe."""
-    base = recipe.model_dump(mode="json")
+    test envs, each a validated recipe; one job per distinct identity. An axis that the variant's method
+    does not read is dropped for that variant, with a line in ``notes``, rather than planning duplicates."""
+    base = recipe.given()
     variants = variants or {"": {}}
     seeds = seeds if seeds is not None else list(recipe.sweep.seeds)
     envs = test_env_values(recipe, test_envs)
-    keys = list(axes)
-    jobs = []
-    for values in itertools.product(*(axes[k] for k in keys)):
-        point = dict(zip(keys, values))
-        for variant, overrides in variants.items():
+    jobs: dict[str, Job] = {}
+    for variant, overrides in variants.items():
+        picked = apply_overrides(base, overrides)
+        idle = [k for k in axes if not acts(picked, k)]
+        for key in idle:
+            if notes is not None:
+                section, _, setting = key.partition(".")
+                name = _chosen_class(section, picked).model_fields[CHOICES[section].get(
+                    CHOICES[section].names()[0]).tag].default
+                notes.append(f"{' '.join(p for p in (label, variant) if p) or source}: {setting} does not act on "
+                             f"{CHOICES[section].kind} '{name}'; its grid is left out")
+        keys = [k for k in axes if k not in idle]
+        for values in itertools.product(*(axes[k] for k in keys)):
+            point = dict(zip(keys, values))
             for seed in seeds:
                 for env in envs:
                     all_overrides = {**point, **overrides, "training.seed": seed}
@@ -91,8 +113,9 @@ def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[
                         all_overrides["dataset.test_envs"] = [env]
                     parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \
                             [f"seed={seed}"] + ([f"env={env}"] if env is not None else [])
-                    jobs.append(Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source)))
-    return jobs
+                    job = Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source))
+                    jobs.setdefault(job.hash, job)
+    return list(jobs.values())
 
 
 def sweep_id(name: str, jobs: list[Job]) -> str:
@@ -114,7 +137,7 @@ EXPERIMENT_KEYS = {"name", "recipes", "methods", "grid", "components", "seeds", 
                    "experiment"}
 
 
-def load_experiment(path: str | Path, seeds=None, test_envs=None) -> Experiment:
+def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[str] | None = None) -> Experiment:
     """An experiment file: ``recipes`` × ``methods`` (label → overrides) × ``grid`` (key → values)
     [× ``components``] × seeds × test envs. Recipe paths are relative to the file or the working dir."""
     path = Path(path)
@@ -143,9 +166,9 @@ def load_experiment(path: str | Path, seeds=None, test_envs=None) -> Experiment:
         variants = {m: flatten_dict(o or {}) for m, o in methods.items()}
         run_seeds = seeds if seeds is not None else spec.get("seeds")
         run_envs = test_envs if test_envs is not None else spec.get("test_envs")
-        jobs += expand(recipe, grid, variants, run_seeds, run_envs, str(path), label)
+        jobs += expand(recipe, grid, variants, run_seeds, run_envs, str(path), label, notes)
         if spec.get("components"):  # Fig. 3's variants, at the recipe's own ρ and γ
-            jobs += expand(recipe, {}, COMPONENTS, run_seeds, run_envs, str(path), label)
+            jobs += expand(recipe, {}, COMPONENTS, run_seeds, run_envs, str(path), label, notes)
     slurm = SlurmConfig.model_validate(spec["slurm"]) if spec.get("slurm") else None
     name = spec.get("name") or path.stem
     return Experiment(name, jobs, slurm, spec.get("experiment") or name)

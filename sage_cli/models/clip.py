@@ -59,8 +59,9 @@ def zero_shot_weights(model, arch: str, classes: list[str], template: str) -> to
     return model.logit_scale.exp() * text
 
 
-def build_clip(input_shape, n_classes: int, cfg, classes=None, default_arch="ViT-B-16") -> Classifier:
-    arch = cfg.model or default_arch
+def clip(input_shape, n_classes: int, cfg, classes=None) -> Classifier:
+    """open_clip's image tower (``backbone.model``, ViT-B/16 by default: the paper's) and a linear head."""
+    arch = cfg.model or "ViT-B-16"
     model = _create(arch, cfg.pretrained)
     encoder = NormalizedEncoder(model.visual)
     dim = model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None else None
@@ -74,10 +75,3 @@ def build_clip(input_shape, n_classes: int, cfg, classes=None, default_arch="ViT
             head.bias.zero_()
     return Classifier(encoder, head, dim)
 
-
-def clip(input_shape, n_classes, cfg, classes=None):
-    return build_clip(input_shape, n_classes, cfg, classes)
-
-
-def clip_vit_b16(input_shape, n_classes, cfg, classes=None):
-    return build_clip(input_shape, n_classes, cfg, classes, default_arch="ViT-B-16")

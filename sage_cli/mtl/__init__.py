@@ -1,4 +1,16 @@
 """Multi-task learning: data (NYU-v2, Cityscapes, embedded benchmarks), MTAN, losses, metrics, Δm, and the
-aggregators that combine per-task gradients (SAGE composes with any of them)."""
+aggregators that combine per-task gradients (SAGE composes with any of them). ``settings.py`` holds the
+aggregators' settings and registry, torch-free; everything else imports torch."""
 
-from .metrics import CITYSCAPES, NYUV2, delta_m  # noqa: F401
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"CITYSCAPES": "metrics", "NYUV2": "metrics", "delta_m": "metrics", "AGGREGATORS": "settings"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -114,9 +114,14 @@ class Aggregator:
         self.generator.set_state(state["generator"])
 
 
-def _setting(cfg, name, default):
-    value = getattr(cfg, name, None) if cfg is not None else None
-    return default if value is None else value
+def _setting(cfg, name):
+    """A setting from the aggregator's ``cfg``, else its default (``settings.py``, where every name is unique)."""
+    if cfg is not None and hasattr(cfg, name):
+        return getattr(cfg, name)
+    from .settings import AGGREGATORS
+
+    return next(AGGREGATORS.get(n).model_fields[name].default for n in AGGREGATORS.names()
+                if name in AGGREGATORS.get(n).model_fields)
 
 
 # ----------------------------------------------------------------------------------- loss weighting
@@ -131,7 +136,7 @@ class STL(Aggregator):
     """Single-task learning: only task ``stl_task``'s loss is trained."""
 
     def total_loss(self, losses):
-        return losses[int(_setting(self.cfg, "stl_task", 0))]
+        return losses[int(_setting(self.cfg, "stl_task"))]
 
 
 class SI(Aggregator):
@@ -155,7 +160,7 @@ class DWA(Aggregator):
 
     def __init__(self, n_tasks, cfg=None, seed=0):
         super().__init__(n_tasks, cfg, seed)
-        self.temperature = float(_setting(cfg, "dwa_temperature", 2.0))
+        self.temperature = float(_setting(cfg, "dwa_temperature"))
         self.history: list[list[float]] = []
 
     def weights(self) -> torch.Tensor:
@@ -214,8 +219,8 @@ class FAMO(Aggregator):
         super().__init__(n_tasks, cfg, seed)
         self.logits = torch.zeros(n_tasks, requires_grad=True)
         self.min_losses = torch.zeros(n_tasks)
-        self.optimizer = torch.optim.Adam([self.logits], lr=float(_setting(cfg, "famo_w_lr", 0.025)),
-                                          weight_decay=float(_setting(cfg, "famo_gamma", 1e-3)))
+        self.optimizer = torch.optim.Adam([self.logits], lr=float(_setting(cfg, "famo_w_lr")),
+                                          weight_decay=float(_setting(cfg, "famo_gamma")))
 
     def total_loss(self, losses):
         z = F.softmax(self.logits, -1).to(losses).detach()
@@ -324,7 +329,7 @@ class FairGrad(_TorchJD):
     def make(self):
         from torchjd.aggregation import FairGrad as TorchJDFairGrad
 
-        return TorchJDFairGrad(alpha=float(_setting(self.cfg, "fairgrad_alpha", 2.0)))
+        return TorchJDFairGrad(alpha=float(_setting(self.cfg, "fairgrad_alpha")))
 
 
 class GradDrop(_TorchJD):
@@ -350,7 +355,7 @@ class NashMTL(_TorchJD):
         from torchjd.aggregation import NashMTL as TorchJDNashMTL
 
         warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")
-        return TorchJDNashMTL(n_tasks=self.n_tasks, max_norm=float(_setting(self.cfg, "nash_max_norm", 1.0)),
+        return TorchJDNashMTL(n_tasks=self.n_tasks, max_norm=float(_setting(self.cfg, "nash_max_norm")),
                               update_weights_every=1, optim_niter=20)
 
 
@@ -382,7 +387,7 @@ class CAGrad(Aggregator):
     needs_jacobian = True
 
     def combine(self, J):
-        return cagrad_direction(J, float(_setting(self.cfg, "cagrad_c", 0.4)))
+        return cagrad_direction(J, float(_setting(self.cfg, "cagrad_c")))
 
 
 class MoCo(Aggregator):
@@ -395,11 +400,11 @@ class MoCo(Aggregator):
 
     def __init__(self, n_tasks, cfg=None, seed=0):
         super().__init__(n_tasks, cfg, seed)
-        self.beta = float(_setting(cfg, "moco_beta", 0.5))
-        self.beta_sigma = float(_setting(cfg, "moco_beta_sigma", 0.5))
-        self.gamma = float(_setting(cfg, "moco_gamma", 0.1))
-        self.gamma_sigma = float(_setting(cfg, "moco_gamma_sigma", 0.5))
-        self.rho = float(_setting(cfg, "moco_rho", 0.0))
+        self.beta = float(_setting(cfg, "moco_beta"))
+        self.beta_sigma = float(_setting(cfg, "moco_beta_sigma"))
+        self.gamma = float(_setting(cfg, "moco_gamma"))
+        self.gamma_sigma = float(_setting(cfg, "moco_gamma_sigma"))
+        self.rho = float(_setting(cfg, "moco_rho"))
         self.t = 0
         self.y: torch.Tensor | None = None
         self.lambd = torch.full((n_tasks,), 1.0 / n_tasks, dtype=torch.float64)

@@ -9,7 +9,9 @@ divided by the scale) and a horizontal flip that negates the normals' x channel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,12 +25,73 @@ class DenseSpec:
     tasks: tuple[str, ...]  # among "segmentation", "depth", "normal"
     label_dir: str
     n_classes: int
+    rel_scale: float = 1.0  # Table 2 states Cityscapes' relative depth error in percent
 
 
 DENSE = {
     "nyuv2": DenseSpec(("segmentation", "depth", "normal"), "label", 13),
-    "cityscapes": DenseSpec(("segmentation", "depth"), "label_7", 7),
+    "cityscapes": DenseSpec(("segmentation", "depth"), "label_7", 7, rel_scale=100.0),
 }
+
+
+@dataclass
+class MTLData:
+    """A multi-task benchmark: train and test sets, task names, and its per-epoch test metrics."""
+
+    train: object
+    test: object
+    tasks: tuple[str, ...]
+    n_classes: int
+    metrics: Callable  # (model, test set, device) -> {metric: value}
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        return self.metrics(model, self.test, device)
+
+
+def task_batch(ds, indices, train: bool, seeds=None):
+    """(images, {task: targets}) for ``indices``; ``seeds`` fix each sample's augmentation."""
+    if hasattr(ds, "batch"):
+        return ds.batch(indices)
+    seeds = seeds if seeds is not None else torch.zeros(len(indices), dtype=torch.long)
+    items = [ds.load(int(i), train, int(s)) for i, s in zip(indices, seeds)]
+    x = torch.stack([img for img, _ in items])
+    targets = {t: torch.stack([tg[t] for _, tg in items]) for t in items[0][1]}
+    return x, targets
+
+
+def _dense(name: str, cfg) -> MTLData:
+    """NYU-v2 or Cityscapes from ``dataset.root`` (or $SAGE_DATA), at ``<root>`` or ``<root>/<name>``."""
+    from ..data.domainbed import data_root
+    from .evaluate import dense_metrics
+    from .metrics import CITYSCAPES, NYUV2
+
+    spec = DENSE[name]
+    base = data_root(cfg.root, must_exist=False)  # a missing root is reported with its layout below
+    base = base / name if (base / name / "train").is_dir() else base
+    if not (base / "train").is_dir():
+        raise UserError(f"{name}: expected {base}/train and {base}/val in the .npy layout")
+    train, test = DenseDataset(base, "train", spec), DenseDataset(base, "val", spec)
+    check_divisible(train.load(0)[0].shape)
+    benchmark = {"nyuv2": NYUV2, "cityscapes": CITYSCAPES}[name]
+
+    def metrics(model, test_set, device):
+        return dense_metrics(model, test_set, spec.n_classes, benchmark, spec.rel_scale, device)
+
+    return MTLData(train, test, spec.tasks, spec.n_classes, metrics)
+
+
+# registry entries (catalog.DATASETS): ``(dataset settings) -> MTLData``
+nyuv2 = partial(_dense, "nyuv2")
+cityscapes = partial(_dense, "cityscapes")
+
+
+def mtl_digits(cfg=None) -> MTLData:
+    from .evaluate import classification_metrics
+
+    def metrics(model, test_set, device):
+        return classification_metrics(model, test_set, DigitPairs.tasks, device)
+
+    return MTLData(DigitPairs("train"), DigitPairs("test"), DigitPairs.tasks, DigitPairs.n_classes, metrics)
 FOLDERS = {"segmentation": None, "depth": "depth", "normal": "normal"}
 
 

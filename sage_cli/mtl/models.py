@@ -103,3 +103,17 @@ class DigitPairsNet(nn.Module):
     def forward(self, x):
         z = self.trunk(x)
         return {t: h(z) for t, h in zip(self.tasks, self.heads)}
+
+
+# registry entries (catalog.MODELS): ``(tasks, n_classes, backbone settings) -> nn.Module``
+def mtan(tasks, n_classes: int, cfg=None) -> MTAN:
+    return MTAN(tasks, n_classes)
+
+
+def mtan_narrow(tasks, n_classes: int, cfg=None) -> MTAN:
+    """MTAN with filters ÷ 8, for tests and quick looks."""
+    return MTAN(tasks, n_classes, filters=(8, 16, 32, 64, 64))
+
+
+def digit_pairs_cnn(tasks, n_classes: int, cfg=None) -> DigitPairsNet:
+    return DigitPairsNet(tasks, n_classes)

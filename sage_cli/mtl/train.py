@@ -1,209 +1,148 @@
-"""The MTL loop: epochs over the training split, per-task losses → aggregator → optimizer (SAGE-X when the
-optimizer is SAGE), StepLR, per-epoch test metrics and Δm, and a resumable checkpoint after every epoch."""
+"""The MTL protocol: epochs over the training split, per-task losses → aggregator → optimizer (SAGE-X when
+the optimizer is SAGE), StepLR, per-epoch test metrics and Δm, and a resumable checkpoint after every epoch.
+The loop itself is ``train.loop``'s."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..catalog import AGGREGATORS
+from ..catalog import DATASETS, MODELS
 from ..data.splits import seed_hash
-from ..errors import Preempted, TrainingDiverged, UserError
-from ..optim import build_optimizer
+from ..optim.build import build_optimizer
 from ..optim.grads import frozen_norm_stats
 from ..recipe import Recipe
-from ..train.checkpoint import Checkpoint, GeneratorState, restore_training_state, save_training_state
-from ..train.dg import pick_device, record_stats
-from .data import DENSE, DenseDataset, DigitPairs, check_divisible
+from ..train.checkpoint import GeneratorState, Record
+from ..train.loop import STAT_KEYS, TrainResult, train
+from .data import MTLData, task_batch
 from .losses import task_loss
-from .metrics import CITYSCAPES, NYUV2, ConfusionMatrix, delta_m, depth_errors, normal_angles, normal_metrics
-from .models import MTAN, DigitPairsNet
-
-BENCHMARKS = {"nyuv2": NYUV2, "cityscapes": CITYSCAPES}
-
-
-@dataclass
-class MTLData:
-    train: object
-    test: object
-    tasks: tuple[str, ...]
-    n_classes: int
 
 
 def load_mtl_data(recipe: Recipe) -> MTLData:
-    name = recipe.dataset.name
-    if name == "mtl_digits":
-        return MTLData(DigitPairs("train"), DigitPairs("test"), DigitPairs.tasks, 10)
-    from ..data.domainbed import data_root
-
-    spec = DENSE[name]
-    base = data_root(recipe.dataset.root, must_exist=False)  # a missing root is reported with its layout below
-    base = base / name if (base / name / "train").is_dir() else base
-    if not (base / "train").is_dir():
-        raise UserError(f"{name}: expected {base}/train and {base}/val in the .npy layout")
-    train, test = DenseDataset(base, "train", spec), DenseDataset(base, "val", spec)
-    check_divisible(train.load(0)[0].shape)
-    return MTLData(train, test, spec.tasks, spec.n_classes)
+    return DATASETS.get(recipe.dataset.name)(recipe.dataset)
 
 
-def load_batch(ds, indices, train: bool, seeds=None):
-    if hasattr(ds, "batch"):
-        return ds.batch(indices)
-    seeds = seeds if seeds is not None else torch.zeros(len(indices), dtype=torch.long)
-    items = [ds.load(int(i), train, int(s)) for i, s in zip(indices, seeds)]
-    x = torch.stack([img for img, _ in items])
-    targets = {t: torch.stack([tg[t] for _, tg in items]) for t in items[0][1]}
-    return x, targets
+class MTLTask:
+    """One MTL run, evaluated by epoch; the initial state is saved too (position −1)."""
 
+    resumable_anywhere = False
 
-def build_model(recipe: Recipe, data: MTLData) -> torch.nn.Module:
-    name = recipe.backbone.name
-    if name == "mtan":
-        return MTAN(data.tasks, data.n_classes)
-    if name == "mtan_narrow":
-        return MTAN(data.tasks, data.n_classes, filters=(8, 16, 32, 64, 64))
-    if name == "digit_pairs_cnn":
-        return DigitPairsNet(data.tasks, data.n_classes)
-    raise UserError(f"backbone '{name}' is not an MTL network: use mtan, mtan_narrow or digit_pairs_cnn")
+    def __init__(self, recipe: Recipe, data: MTLData, device: torch.device):
+        seed = recipe.training.seed
+        self.recipe, self.data, self.device = recipe, data, device
+        model = MODELS.get(recipe.backbone.name)(data.tasks, data.n_classes, recipe.backbone)
+        self.model = model.to(device).train()
+        self.aggregator = recipe.aggregator.build(len(data.tasks), seed_hash(seed, "aggregator"))
+        self.aggregator.bind(self.model.shared_parameters())
+        self.optimizer = build_optimizer(self.model, recipe.optimizer, seed=seed_hash(seed, "noise"),
+                                         extra=self.aggregator.parameters(), aggregator=self.aggregator)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=recipe.training.lr_step_epochs,
+                                                         gamma=recipe.training.lr_gamma)
+        self.sampler = torch.Generator().manual_seed(seed_hash(seed, "mtl-order"))
+        self.parts = {"model": self.model, "optimizer": self.optimizer, "aggregator": self.aggregator,
+                      "scheduler": self.scheduler, "sampler": GeneratorState(self.sampler)}
+        self.batch_size = recipe.training.batch_size
+        self.per_epoch = math.ceil(len(data.train) / self.batch_size)
+        self.total_steps = recipe.training.epochs * self.per_epoch
 
+    def first_step(self, resumed_from: int) -> int:
+        return resumed_from * self.per_epoch
 
-@torch.no_grad()
-def evaluate(model, data: MTLData, recipe: Recipe, device) -> dict[str, float]:
-    model.eval()
-    metrics: dict[str, float] = {}
-    n = len(data.test)
-    if recipe.dataset.name == "mtl_digits":
-        correct = {t: 0 for t in data.tasks}
-        for i in range(0, n, 512):
-            x, y = load_batch(data.test, torch.arange(i, min(i + 512, n)), train=False)
-            out = model(x.to(device))
-            for t in data.tasks:
-                correct[t] += int((out[t].argmax(1).cpu() == y[t]).sum())
-        metrics = {f"{t}_acc": 100 * c / n for t, c in correct.items()}
-        metrics["mean_acc"] = sum(metrics.values()) / len(data.tasks)
-        model.train()
-        return metrics
-    cm, angles = ConfusionMatrix(data.n_classes), []
-    abs_sum = rel_sum = count = 0.0
-    for i in range(0, n, 4):
-        x, y = load_batch(data.test, torch.arange(i, min(i + 4, n)), train=False)
-        out = {k: v.cpu() for k, v in model(x.to(device)).items()}
-        cm.update(out["segmentation"].argmax(1), y["segmentation"])
-        valid = (y["depth"] != 0).sum().item()
-        if valid:
-            a, r = depth_errors(out["depth"], y["depth"])
-            abs_sum, rel_sum, count = abs_sum + a * valid, rel_sum + r * valid, count + valid
-        if "normal" in y:
-            angles.append(normal_angles(out["normal"], y["normal"]))
-    # Table 2 states Cityscapes' relative error in percent (STL 27.77) and NYU-v2's as a fraction (0.2780)
-    rel_scale = 100.0 if recipe.dataset.name == "cityscapes" else 1.0
-    metrics = {"miou": 100 * cm.miou(), "pixacc": 100 * cm.pixel_accuracy(),
-               "abs": abs_sum / max(count, 1), "rel": rel_scale * rel_sum / max(count, 1)}
-    if angles:
-        metrics.update(normal_metrics(torch.cat(angles)))
-    bench = BENCHMARKS[recipe.dataset.name]
-    metrics["delta_m"] = delta_m([metrics[m] for m in bench.metrics], bench.stl, bench.higher_is_better)
-    model.train()
-    return metrics
+    def step(self, step: int):
+        b = step % self.per_epoch
+        if b == 0:  # an epoch's order and augmentation seeds, drawn at its start (a resume starts an epoch)
+            n = len(self.data.train)
+            self.order = torch.randperm(n, generator=self.sampler)
+            self.seeds = torch.randint(2**31 - 1, (n,), generator=self.sampler)
+            self.sums = torch.zeros(len(self.data.tasks))
+            self.epoch_start = time.perf_counter()
+        rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        x, y = task_batch(self.data.train, self.order[rows], train=True, seeds=self.seeds[rows])
+        x, y = x.to(self.device), {t: v.to(self.device) for t, v in y.items()}
+        model, tasks = self.model, self.data.tasks
 
+        def closure():
+            out = model(x)
+            return torch.stack([task_loss(t, out[t], y[t]) for t in tasks])
 
-@dataclass
-class MTLResult:
-    history: list[Checkpoint]
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    data: MTLData
-    resumed_from: int | None = None
+        losses = self.optimizer.step(closure)
+        if torch.isfinite(losses).all() and self.aggregator.wants_losses_after_update:
+            with torch.no_grad(), frozen_norm_stats(model):  # FAMO: how much each task improved on this batch
+                self.aggregator.after_update(losses, closure())
+        self.sums += losses.detach().cpu()
+        return float(losses.sum()), self.optimizer.stats
 
+    def position_at(self, step: int) -> int | None:
+        return step // self.per_epoch if (step + 1) % self.per_epoch == 0 else None
 
-def train_mtl(recipe: Recipe, data: MTLData | None = None, on_checkpoint=None, progress=None,
-              checkpoint_path: str | Path | None = None, extra_state: dict | None = None,
-              should_stop=None) -> MTLResult:
-    """Train an MTL recipe; one checkpoint (metrics, saved state) per epoch, and the initial state. Same contract
-    as train_dg, except that ``should_stop()`` is obeyed after any step: mid-epoch, nothing is saved and
-    ``Preempted`` names the last epoch saved, which the resumed run continues from."""
-    seed = recipe.training.seed
-    torch.manual_seed(seed)
-    device = pick_device(recipe.training.device)
-    data = data if data is not None else load_mtl_data(recipe)
-    model = build_model(recipe, data).to(device).train()
-    agg_cfg = recipe.aggregator
-    aggregator = AGGREGATORS.get(agg_cfg.name)(len(data.tasks), agg_cfg, seed_hash(seed, "aggregator"))
-    aggregator.bind(model.shared_parameters())
-    optimizer = build_optimizer(model, recipe.optimizer, seed=seed_hash(seed, "noise"), extra=aggregator.parameters(),
-                                aggregator=aggregator)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe.training.lr_step_epochs,
-                                                gamma=recipe.training.lr_gamma)
-    sampler = torch.Generator().manual_seed(seed_hash(seed, "mtl-order"))
-    parts = {"model": model, "optimizer": optimizer, "aggregator": aggregator, "scheduler": scheduler,
-             "sampler": GeneratorState(sampler)}
-    history, resumed_from = restore_training_state(checkpoint_path, parts)
-    start = resumed_from or 0
-    epochs, batch = recipe.training.epochs, recipe.training.batch_size
-    per_epoch = math.ceil(len(data.train) / batch)
-
-    def save(epoch: int) -> None:
-        save_training_state(checkpoint_path, epoch, epoch == epochs - 1, recipe.hash(), parts, history, extra_state)
-
-    if checkpoint_path is not None and resumed_from is None:
-        save(-1)  # the initial state: a stop within the first epoch also resumes, in the same MLflow run
-
-    for epoch in range(start, epochs):
-        order = torch.randperm(len(data.train), generator=sampler)
-        seeds = torch.randint(2**31 - 1, (len(data.train),), generator=sampler)
-        sums, window = torch.zeros(len(data.tasks)), {}
-        t_epoch = time.perf_counter()
-        for b in range(per_epoch):
-            idx = order[b * batch:(b + 1) * batch]
-            x, y = load_batch(data.train, idx, train=True, seeds=seeds[b * batch:(b + 1) * batch])
-            x, y = x.to(device), {t: v.to(device) for t, v in y.items()}
-
-            def closure():
-                out = model(x)
-                return torch.stack([task_loss(t, out[t], y[t]) for t in data.tasks])
-
-            t0 = time.perf_counter()
-            losses = optimizer.step(closure)
-            if not torch.isfinite(losses).all():
-                raise TrainingDiverged(epoch * per_epoch + b, float(losses.sum()))
-            if aggregator.wants_losses_after_update:  # FAMO: how much each task improved on this batch
-                with torch.no_grad(), frozen_norm_stats(model):
-                    aggregator.after_update(losses, closure())
-            window.setdefault("step_time", []).append(time.perf_counter() - t0)
-            record_stats(window, optimizer.stats)
-            sums += losses.detach().cpu()
-            if progress is not None:
-                progress(epoch * per_epoch + b)
-            if should_stop is not None and b < per_epoch - 1 and should_stop():
-                # a preemption's grace is shorter than an NYU-v2 epoch: stop now and redo this epoch from the
-                # last epoch's checkpoint (its order and seeds come from the saved sampler: the same epoch)
-                raise Preempted(epoch - 1)
-        mean_losses = sums / per_epoch
-        aggregator.end_epoch(mean_losses)
-        scheduler.step()
-        metrics = {f"loss_{t}": float(v) for t, v in zip(data.tasks, mean_losses)}
+    def evaluate(self, epoch: int, window: dict[str, float]) -> Record:
+        mean_losses = self.sums / self.per_epoch
+        self.aggregator.end_epoch(mean_losses)
+        self.scheduler.step()
+        metrics = {f"loss_{t}": float(v) for t, v in zip(self.data.tasks, mean_losses)}
         metrics["loss"] = float(mean_losses.sum())
-        metrics.update({k: sum(v) / len(v) for k, v in window.items()})
-        metrics["epoch_time"] = time.perf_counter() - t_epoch
-        metrics.update(evaluate(model, data, recipe, device))
-        row = {"args": {"dataset": recipe.dataset.name, "aggregator": agg_cfg.name, "algorithm": recipe.optimizer.label,
-                        "seed": seed, "recipe_hash": recipe.hash()}, "epoch": epoch, "step": epoch, **metrics}
-        ckpt = Checkpoint(epoch, metrics, row)
-        history.append(ckpt)
-        if on_checkpoint is not None:
-            on_checkpoint(ckpt)
-        if checkpoint_path is not None:
-            save(epoch)
-        if should_stop is not None and should_stop() and epoch < epochs - 1:
-            raise Preempted(epoch)
-    return MTLResult(history, model, optimizer, data, resumed_from)
+        metrics.update(window)
+        metrics["epoch_time"] = time.perf_counter() - self.epoch_start
+        metrics.update(self.data.evaluate(self.model, self.device))
+        recipe = self.recipe
+        row = {"args": {"dataset": recipe.dataset.name, "aggregator": recipe.aggregator.name,
+                        "algorithm": recipe.optimizer.label, "seed": recipe.training.seed,
+                        "recipe_hash": recipe.hash()}, "epoch": epoch, "step": epoch, **metrics}
+        return Record(epoch, metrics, row)
 
 
-def final_average(history: list[Checkpoint], key: str, last: int = 10) -> float:
+def final_average(history: list[Record], key: str, last: int = 10) -> float:
     """The references report the mean of the last 10 epochs."""
     values = [c.metrics[key] for c in history[-last:] if key in c.metrics]
     return sum(values) / len(values) if values else float("nan")
+
+
+class MTLProtocol:
+    """Multi-task learning: epochs, per-task metrics, Δm; reported as the mean of the last 10 epochs."""
+
+    kind = "mtl"
+
+    def load(self, recipe: Recipe) -> MTLData:
+        return load_mtl_data(recipe)
+
+    def start(self, recipe: Recipe, data: MTLData, device) -> MTLTask:
+        return MTLTask(recipe, data, device)
+
+    def total_steps(self, recipe: Recipe, data) -> int:
+        return recipe.training.epochs * -(-len(data.train) // recipe.training.batch_size)
+
+    def first_step(self, recipe: Recipe, data, resumed_from: int) -> int:
+        return resumed_from * -(-len(data.train) // recipe.training.batch_size)
+
+    def status(self, record: Record, data) -> str:
+        key = "delta_m" if "delta_m" in record.metrics else "mean_acc"
+        return f"epoch {record.step} · loss {record.metrics['loss']:.3f} · {key} {record.metrics[key]:.2f}"
+
+    def finish(self, result: TrainResult, recipe: Recipe):
+        from rich.table import Table
+
+        history = result.history
+        keys = [k for k in history[-1].metrics if not k.startswith(("loss", "step_time", "epoch_time", *STAT_KEYS))]
+        last = recipe.training.report_epochs
+        final = {f"final_{k}": final_average(history, k, last) for k in keys}
+        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.aggregator.name} × "
+                            f"{recipe.optimizer.label} · epoch {history[-1].step} (mean of the last {last} epochs)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k in keys:
+            table.add_row(k, f"{final[f'final_{k}']:.4f}")
+        key = "delta_m" if "delta_m" in keys else "mean_acc"
+        line = (f"{recipe.dataset.name} {recipe.aggregator.name} × {recipe.optimizer.label}: "
+                f"{key} {final[f'final_{key}']:.2f}")
+        return final, table, line
+
+
+PROTOCOL = MTLProtocol()
+
+
+def train_mtl(recipe: Recipe, data: MTLData | None = None, **kwargs) -> TrainResult:
+    """``train`` with the MTL protocol. ``should_stop()`` is obeyed after any step: mid-epoch, nothing is saved
+    and ``Preempted`` names the last epoch saved, which the resumed run continues from."""
+    return train(recipe, PROTOCOL, data=data, **kwargs)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Objective, concat_forward
+from .base import Objective, concat_forward
 
 
 class GradientReversal(torch.autograd.Function):
@@ -30,16 +30,17 @@ def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 
 class DANN(Objective):
+    name = "dann"
     conditional = False
 
     def __init__(self, model, n_envs, cfg=None, n_classes=None):
         super().__init__(model, n_envs, cfg, n_classes)
         device = next(model.parameters()).device
-        width, dim = int(self.hp("mlp_width", 256)), model.n_features
+        width, dim = self.hp("mlp_width"), model.n_features
         self.discriminator = nn.Sequential(nn.Linear(dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                                            nn.Linear(width, n_envs)).to(device)
         self.class_embeddings = nn.Embedding(n_classes, dim).to(device) if self.conditional else None
-        self.strength = self.hp("lambda", 1.0)
+        self.strength = self.hp("lambda")
 
     def parameters(self):
         modules = [self.discriminator] + ([self.class_embeddings] if self.conditional else [])
@@ -71,4 +72,5 @@ class DANN(Objective):
 class CDANN(DANN):
     """Class-conditional DANN: the discriminator sees features plus a learned embedding of the class."""
 
+    name = "cdann"
     conditional = True

@@ -12,10 +12,11 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from . import Objective
+from .base import Objective
 
 
 class Fish(Objective):
+    name = "fish"
     owns_update = True
 
     def losses(self, model, xs, ys, weights=None):  # used for evaluation-style calls only
@@ -28,7 +29,7 @@ class Fish(Objective):
         losses = []
         for x, y in zip(xs, ys):
             losses.append(inner_opt.step(lambda x=x, y=y: F.cross_entropy(inner(x), y)).reshape(()))
-        meta_lr = self.hp("meta_lr", 0.5)
+        meta_lr = self.hp("meta_lr")
         with torch.no_grad():
             inner_state = inner.state_dict()
             for name, value in model.state_dict().items():

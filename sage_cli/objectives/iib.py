@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Objective
+from .base import Objective
 
 
 class IIBHead(nn.Module):
@@ -27,6 +27,8 @@ class IIBHead(nn.Module):
 
 
 class IIB(Objective):
+    name = "iib"
+
     def __init__(self, model, n_envs, cfg=None, n_classes=None):
         super().__init__(model, n_envs, cfg, n_classes)
         device = next(model.parameters()).device
@@ -48,9 +50,9 @@ class IIB(Objective):
         env_risk = F.cross_entropy(self.env_classifier(torch.cat([z, env], 1)), y, reduction="none")
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
         gap = (inv.mean() - env_risk.mean()) ** 2
-        per_sample = inv + env_risk + self.hp("lambda_beta", 1e-4) * kl
+        per_sample = inv + env_risk + self.hp("lambda_beta") * kl
         parts = per_sample.split([len(v) for v in ys])
-        return torch.stack([p.mean() for p in parts]) + self.hp("lambda_inv_risks", 10.0) * gap
+        return torch.stack([p.mean() for p in parts]) + self.hp("lambda_inv_risks") * gap
 
     def state_dict(self):
         return {"env_classifier": self.env_classifier.state_dict()}

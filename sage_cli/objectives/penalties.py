@@ -1,6 +1,6 @@
 """Invariance penalties added to ERM: IRM, VREx (per-env risks), MMD and CORAL (feature distributions).
 
-Hyper-parameters follow DomainBed's defaults; a recipe sets them under ``objective.hparams``.
+Hyper-parameters follow DomainBed's defaults (``settings.py``); a recipe sets them under ``objective.hparams``.
 """
 
 from __future__ import annotations
@@ -10,19 +10,16 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from . import Objective, concat_forward
+from .base import Objective, concat_forward
 
 
 class _Annealed(Objective):
     """A penalty weight of 1 for the first ``anneal_iters`` steps, then ``lambda`` (IRM, VREx)."""
 
-    default_lambda = 1.0
-    default_anneal = 500
-
     def __init__(self, model, n_envs, cfg=None, n_classes=None):
         super().__init__(model, n_envs, cfg, n_classes)
-        self.weight_after = self.hp("lambda", self.default_lambda)
-        self.anneal_iters = self.hp("anneal_iters", self.default_anneal)
+        self.weight_after = self.hp("lambda")
+        self.anneal_iters = self.hp("anneal_iters")
         self.update_count = 0
 
     @property
@@ -49,7 +46,7 @@ def irm_penalty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class IRM(_Annealed):
-    default_lambda = 1e2
+    name = "irm"
 
     def losses(self, model, xs, ys, weights=None):
         _, logits = concat_forward(model, xs)
@@ -60,7 +57,7 @@ class IRM(_Annealed):
 class VREx(_Annealed):
     """V-REx (Krueger et al.): ERM + λ·Var_k(L_k)."""
 
-    default_lambda = 1e1
+    name = "vrex"
 
     def losses(self, model, xs, ys, weights=None):
         _, logits = concat_forward(model, xs)
@@ -97,12 +94,14 @@ class _FeatureMatching(Objective):
         if not pairs:
             return risks
         penalty = sum(self.distance(features[i], features[j]) for i, j in pairs) / len(pairs)
-        return risks + self.hp("gamma", 1.0) * penalty
+        return risks + self.hp("gamma") * penalty
 
 
 class MMD(_FeatureMatching):
+    name = "mmd"
     distance = staticmethod(gaussian_kernel_mmd)
 
 
 class CORAL(_FeatureMatching):
+    name = "coral"
     distance = staticmethod(coral_distance)

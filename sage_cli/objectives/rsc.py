@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Objective
+from .base import Objective
 
 
 def rsc_feature_mask(feature_grads: torch.Tensor, drop_factor: float) -> torch.Tensor:
@@ -20,8 +20,10 @@ def rsc_feature_mask(feature_grads: torch.Tensor, drop_factor: float) -> torch.T
 
 
 class RSC(Objective):
+    name = "rsc"
+
     def losses(self, model, xs, ys, weights=None):
-        f_drop, b_drop = self.hp("f_drop_factor", 1 / 3), self.hp("b_drop_factor", 1 / 3)
+        f_drop, b_drop = self.hp("f_drop_factor"), self.hp("b_drop_factor")
         x, y = torch.cat(xs), torch.cat(ys)
         features = model.featurizer(x)
         logits = model.classifier(features)

@@ -3,12 +3,13 @@ per-distribution losses of one forward pass, plus ``stats`` after each step.
 
 ``TwoPassOptimizer`` holds what SAM-like rules share (perturb, re-evaluate, restore, base step); a subclass
 only says how the perturbation ε is built (and, for SAGE, what is added to the perturbed gradient).
-The param groups are the base optimizer's own, so LR schedulers and per-group settings act on it directly.
+The param groups are the base optimizer's own, and every hyper-parameter (ρ, γ, …) lives in them, read per
+parameter at each step: a group may set its own ρ as it sets its own ``lr``, and LR schedulers act directly.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager
 
 import torch
 
@@ -27,6 +28,37 @@ def _check_non_negative(**values):
             raise ValueError(f"{name} must be >= 0, got {value}")
 
 
+class Anchor:
+    """An exact copy of θ, to move the parameters to θ + ε and back. Restoring copies θ rather than
+    subtracting ε: θ + ε − ε differs from θ in the last bits, and a resumed run must be bit-identical."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = params
+        self.theta = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def move(self, offsets, alpha: float = 1.0) -> None:
+        """Parameters at θ + α·ε (from θ, wherever they are now); ``None`` offsets leave θ."""
+        for p, t, e in zip(self.params, self.theta, offsets):
+            p.copy_(t)
+            if e is not None:
+                p.add_(e) if alpha == 1.0 else p.add_(e, alpha=alpha)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, t in zip(self.params, self.theta):
+            p.copy_(t)
+
+    @contextmanager
+    def at(self, offsets, alpha: float = 1.0):
+        """Parameters at θ + α·ε inside the block, at θ again after it (also on error)."""
+        self.move(offsets, alpha)
+        try:
+            yield
+        finally:
+            self.restore()
+
+
 class WrappedOptimizer(torch.optim.Optimizer):
     """Shares param groups with a base torch optimizer built from ``base_optimizer(params, **base_kwargs)``."""
 
@@ -37,7 +69,6 @@ class WrappedOptimizer(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         self.model = model  # only used to keep BatchNorm statistics out of extra forwards
         # MTL: how per-task losses become one gradient (sage_cli.mtl.aggregators); None: their weighted mean.
-        # Every subclass passes its extra keywords up to here, so ``aggregator=`` works for all of them.
         self.aggregator = aggregator
         self.stats: dict[str, float] = {}
 
@@ -58,6 +89,14 @@ class WrappedOptimizer(torch.optim.Optimizer):
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
 
+    def per_param(self, name: str) -> list:
+        """The setting ``name`` of each parameter's group, in ``_params()`` order."""
+        return [group[name] for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def setting(self, name: str):
+        """The setting of the first group: what ``stats`` report, and the value when groups agree."""
+        return self.param_groups[0][name]
+
     def _extra_state(self) -> dict:
         return {}
 
@@ -77,8 +116,9 @@ class WrappedOptimizer(torch.optim.Optimizer):
 class SinglePassOptimizer(WrappedOptimizer):
     """Plain training (ERM with Adam, Muon, …): one forward, the aggregate gradient, the base step."""
 
-    def __init__(self, params, base_optimizer=torch.optim.Adam, model=None, **base_kwargs):
-        super().__init__(params, base_optimizer, {}, model=model, **base_kwargs)
+    def __init__(self, params, base_optimizer=torch.optim.Adam, model=None, defaults: dict | None = None,
+                 **base_kwargs):
+        super().__init__(params, base_optimizer, defaults or {}, model=model, **base_kwargs)
 
     def step(self, closure, weights=None):
         with torch.enable_grad():
@@ -110,7 +150,7 @@ class TwoPassOptimizer(WrappedOptimizer):
                  defaults: dict | None = None, **base_kwargs):
         _check_non_negative(rho=rho)
         super().__init__(params, base_optimizer, {"rho": rho, **(defaults or {})}, model=model, **base_kwargs)
-        self.rho = rho
+        self._anchor: Anchor | None = None
 
     # --- what subclasses define -------------------------------------------------------------------
     def perturbations(self, params, grads) -> list:
@@ -124,8 +164,9 @@ class TwoPassOptimizer(WrappedOptimizer):
         """The gradient handed to the base optimizer, from the gradients at θ and at θ+ε (SAM: the latter)."""
         return perturbed
 
-    def descent_noise_scale(self) -> float:
-        return 0.0
+    def descent_noise_scales(self, params) -> list[float] | None:
+        """β per parameter for the noise β·ξ added at descent; None: no noise."""
+        return None
 
     def noise_like(self, p: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -140,11 +181,8 @@ class TwoPassOptimizer(WrappedOptimizer):
             grads, extra = self.aggregate(losses, w, params)
         eps = self.perturbations(params, grads)
         self._clean_grads = grads
-        with torch.no_grad():
-            for p, e in zip(params, eps):
-                self.state[p]["theta"] = p.detach().clone()  # exact copy: restore is a copy, not θ+ε−ε
-                if e is not None:
-                    p.add_(e)
+        self._anchor = Anchor(params)
+        self._anchor.move(eps)
         self.stats = {
             "loss": float((w * losses).sum().detach()),
             "grad_norm": global_norm(grads),
@@ -162,13 +200,9 @@ class TwoPassOptimizer(WrappedOptimizer):
             grads = self.combined_gradients(losses, w, params)
         grads = self.descent_gradient(self._clean_grads, grads)
         self._clean_grads = None
-        beta = self.descent_noise_scale()
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.copy_(self.state[p].pop("theta"))
-                if beta > 0:
-                    g.add_(self.noise_like(p), alpha=beta)
-                p.grad = g
+        self._anchor.restore()
+        self._anchor = None
+        add_noise(self, params, grads)
         self.base_optimizer.step()
         self.stats["perturbed_loss"] = float(perturbed_loss.detach())
 
@@ -177,11 +211,10 @@ class TwoPassOptimizer(WrappedOptimizer):
         with torch.enable_grad():
             losses = as_loss_vector(closure())
         self.first_step(losses, weights)
-        guard = frozen_norm_stats(self.model) if self.model is not None else nullcontext()
-        with guard, torch.no_grad():
+        with frozen_norm_stats(self.model), torch.no_grad():
             perturbed = as_loss_vector(closure())
-            for p in self._params():
-                p.copy_(self.state[p].pop("theta"))
+        self._anchor.restore()
+        self._anchor = None
         w = loss_weights(losses, weights)
         return float((w * perturbed).sum() - (w * losses.detach()).sum())
 
@@ -191,9 +224,18 @@ class TwoPassOptimizer(WrappedOptimizer):
             losses = closure()
         self.first_step(losses, weights)
         # the statistics are restored after the backward: BatchNorm saves its running buffers for it
-        guard = frozen_norm_stats(self.model) if self.model is not None else nullcontext()
-        with guard:
+        with frozen_norm_stats(self.model):
             with torch.enable_grad():
                 perturbed = closure()
             self.second_step(perturbed, weights)
         return as_loss_vector(losses).detach()
+
+
+@torch.no_grad()
+def add_noise(optimizer, params, grads) -> None:
+    """Hand ``grads`` to the parameters, each plus β·ξ where the optimizer's β for it is positive."""
+    betas = optimizer.descent_noise_scales(params)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if betas is not None and betas[i] > 0:
+            g.add_(optimizer.noise_like(p), alpha=betas[i])
+        p.grad = g

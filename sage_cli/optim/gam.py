@@ -11,17 +11,16 @@ following the authors' optimizer:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
-from .base import WrappedOptimizer, _check_non_negative
+from .base import Anchor, WrappedOptimizer, _check_non_negative
 from .grads import as_loss_vector, frozen_norm_stats, global_norm, loss_weights
 
 
-def _unit(grads, radius):
-    scale = radius / max(global_norm(grads), 1e-12)
-    return [g * scale for g in grads]
+def _unit(grads, radii):
+    """Each gradient scaled to its group's radius over the global norm: radius · g/‖g‖."""
+    norm = max(global_norm(grads), 1e-12)
+    return [g * (radius / norm) for g, radius in zip(grads, radii)]
 
 
 class GAM(WrappedOptimizer):
@@ -31,39 +30,37 @@ class GAM(WrappedOptimizer):
         _check_non_negative(rho=rho, norm_rho=norm_rho, gamma=gamma)
         settings = dict(rho=rho, norm_rho=norm_rho, beta1=beta1, beta2=beta2, beta3=beta3, grad_gamma=gamma)
         super().__init__(params, base_optimizer, settings, model=model, **base_kwargs)
-        self.rho, self.norm_rho, self.gamma = rho, norm_rho, gamma
-        self.beta1, self.beta2, self.beta3 = beta1, beta2, beta3
 
     def step(self, closure, weights=None):
         params = self._params()
-        theta = [p.detach().clone() for p in params]
+        anchor = Anchor(params)
+        rho, norm_rho = self.per_param("rho"), self.per_param("norm_rho")
+        beta1, beta2, beta3, gamma = (self.setting(k) for k in ("beta1", "beta2", "beta3", "grad_gamma"))
 
         def grad_at(offset):
-            with torch.no_grad():
-                for p, t, o in zip(params, theta, offset):
-                    p.copy_(t + o)
+            anchor.move(offset)
             with torch.enable_grad():
                 losses = as_loss_vector(closure())
                 w = loss_weights(losses, weights)
                 return self.combined_gradients(losses, w, params), losses
 
-        zeros = [torch.zeros_like(t) for t in theta]
+        zeros = [torch.zeros_like(t) for t in anchor.theta]
         g0, losses = grad_at(zeros)
-        with frozen_norm_stats(self.model) if self.model is not None else nullcontext():
-            e0 = _unit(g0, self.rho)
+        with frozen_norm_stats(self.model):
+            e0 = _unit(g0, rho)
             g1, _ = grad_at(e0)
-            e12 = _unit([a - b for a, b in zip(g1, g0)], self.norm_rho)
+            e12 = _unit([a - b for a, b in zip(g1, g0)], norm_rho)
             g2, _ = grad_at(e12)
-            e3 = [a + b for a, b in zip(e12, _unit(g2, self.rho))]
+            e3 = [a + b for a, b in zip(e12, _unit(g2, rho))]
             g3, _ = grad_at(e3)
+        anchor.restore()
         with torch.no_grad():
-            m = [a + abs(self.beta2) * b for a, b in zip(g0, g2)]
-            u = [self.beta1 * a + self.beta3 * b for a, b in zip(g1, g3)]
+            m = [a + abs(beta2) * b for a, b in zip(g0, g2)]
+            u = [beta1 * a + beta3 * b for a, b in zip(g1, g3)]
             norm_m, norm_u = global_norm(m), global_norm(u)
             cos = float(sum((a * b).sum() for a, b in zip(m, u))) / max(norm_m * norm_u, 1e-24)
-            final = [b - self.gamma * (a - cos * norm_m * b / max(norm_u, 1e-12)) for a, b in zip(m, u)]
-            for p, t, g in zip(params, theta, final):
-                p.copy_(t)
+            final = [b - gamma * (a - cos * norm_m * b / max(norm_u, 1e-12)) for a, b in zip(m, u)]
+            for p, g in zip(params, final):
                 p.grad = g
         self.base_optimizer.step()
         self.stats = {"loss": float((loss_weights(losses, weights) * losses).sum().detach()),

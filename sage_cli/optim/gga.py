@@ -9,11 +9,9 @@ Candidates are drawn around θ each time (the authors' code lets rejected candid
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
-from .base import SinglePassOptimizer, _check_non_negative
+from .base import Anchor, SinglePassOptimizer, _check_non_negative
 from .grads import (
     as_loss_vector,
     frozen_norm_stats,
@@ -50,16 +48,14 @@ class GGA(SinglePassOptimizer):
     def anneal(self, closure, weights=None) -> int:
         """Search the neighbourhood; leave the parameters at the best candidate. Returns how many were accepted."""
         params = self._params()
-        theta = [p.detach().clone() for p in params]
-        best = theta
+        anchor = Anchor(params)
+        best = anchor.theta
         accepted = 0
-        guard = frozen_norm_stats(self.model) if self.model is not None else nullcontext()
-        with guard:
+        with frozen_norm_stats(self.model):
             best_loss, best_sim = self._measure(closure, weights, params)
             for _ in range(self.candidates):
-                with torch.no_grad():
-                    for p, t in zip(params, theta):
-                        p.copy_(t + self.noise_source.uniform_like(t, -self.neighborhood, self.neighborhood))
+                anchor.move([self.noise_source.uniform_like(t, -self.neighborhood, self.neighborhood)
+                             for t in anchor.theta])
                 loss, sim = self._measure(closure, weights, params)
                 if gga_accepts(loss, best_loss, sim, best_sim, self.tolerance):
                     best_loss, best_sim, accepted = loss, sim, accepted + 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import WrappedOptimizer, _check_non_negative
+from .base import Anchor, WrappedOptimizer, _check_non_negative, add_noise
 from .grads import (
     as_loss_vector,
     frozen_norm_stats,
@@ -55,12 +55,11 @@ class PerTaskSharpness(WrappedOptimizer):
                  defaults: dict | None = None, **base_kwargs):
         _check_non_negative(rho=rho)
         super().__init__(params, base_optimizer, {"rho": rho, **(defaults or {})}, model=model, **base_kwargs)
-        self.rho = rho
 
     # --- what subclasses define -------------------------------------------------------------------
-    def directions(self, losses, weights, params, shared, theta, closure) -> tuple[list[dict], list | None, dict]:
+    def directions(self, losses, weights, params, shared, anchor, closure) -> tuple[list[dict], list | None, dict]:
         """Per task {parameter index: d_k}, the per-task gradients at θ where computed, and statistics;
-        ``theta`` is an exact copy of the parameters, to restore them after any probe."""
+        ``anchor`` holds an exact copy of θ, to probe around it."""
         raise NotImplementedError
 
     def perturbation(self, params, direction: dict, shared) -> dict:
@@ -69,8 +68,8 @@ class PerTaskSharpness(WrappedOptimizer):
     def combine(self, losses, weights, params, perturbed, clean) -> list:
         return self.combined_gradients(losses, weights, params, perturbed)
 
-    def noise_scale(self) -> float:
-        return 0.0
+    def descent_noise_scales(self, params) -> list[float] | None:
+        return None
 
     def noise_like(self, p):
         raise NotImplementedError
@@ -84,8 +83,9 @@ class PerTaskSharpness(WrappedOptimizer):
                 continue
             t = {i: params[i].detach().abs() if adaptive else 1.0 for i in group}
             norm = global_norm([t[i] * direction[i] for i in group])
+            rhos = self.per_param("rho")
             for i in group:
-                eps[i] = direction[i] * (t[i] * t[i] if adaptive else 1.0) * (self.rho / (norm + 1e-12))
+                eps[i] = direction[i] * (t[i] * t[i] if adaptive else 1.0) * (rhos[i] / (norm + 1e-12))
         return eps
 
     def step(self, closure, weights=None):
@@ -94,32 +94,20 @@ class PerTaskSharpness(WrappedOptimizer):
         w = loss_weights(losses, weights)
         params = self._params()
         shared = self.shared_mask(params)
-        theta = [p.detach().clone() for p in params]  # restores are copies: θ+ε−ε would drift
+        anchor = Anchor(params)
         with torch.enable_grad():
-            directions, clean, extra = self.directions(losses, w, params, shared, theta, closure)
+            directions, clean, extra = self.directions(losses, w, params, shared, anchor, closure)
         perturbed, perturbed_losses, eps_norms = [], [], []
         with frozen_norm_stats(self.model):
             for k, direction in enumerate(directions):
                 eps = self.perturbation(params, direction, shared)
                 eps_norms.append(global_norm(list(eps.values())))
-                with torch.no_grad():
-                    for i, e in eps.items():
-                        if e is not None:
-                            params[i].add_(e)
-                with torch.enable_grad():
+                with anchor.at([eps.get(i) for i in range(len(params))]), torch.enable_grad():
                     loss_k = as_loss_vector(closure())[k]
                     perturbed.append(grads_of(loss_k, params))
                 perturbed_losses.append(float(loss_k.detach()))
-                with torch.no_grad():
-                    for p, t in zip(params, theta):
-                        p.copy_(t)
         grads = self.combine(losses, w, params, perturbed, clean)
-        beta = self.noise_scale()
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                if beta > 0:
-                    g.add_(self.noise_like(p), alpha=beta)
-                p.grad = g
+        add_noise(self, params, grads)
         self.base_optimizer.step()
         self.stats = {"loss": float((w * losses).sum().detach()), "grad_norm": global_norm(grads),
                       "perturbation_norm": sum(eps_norms) / len(eps_norms),
@@ -139,7 +127,7 @@ class FMTL(PerTaskSharpness):
                          defaults={"adaptive": adaptive, "decompose": decompose}, **base_kwargs)
         self.adaptive, self.decompose = adaptive, decompose
 
-    def directions(self, losses, weights, params, shared, theta, closure):
+    def directions(self, losses, weights, params, shared, anchor, closure):
         per_task = task_gradients(losses, params)
         clean = zero_filled(per_task, params)
         directions = [{**{i: g for i, g in enumerate(task) if shared[i]}, **_heads(raw, shared)}
@@ -184,23 +172,20 @@ class SAMO(PerTaskSharpness):
         return dict(zip(shared_idx, g)), heads, {}
 
     @torch.no_grad()
-    def local_estimate(self, closure, params, theta, shared_idx, k) -> dict:
+    def local_estimate(self, closure, params, anchor, shared_idx, k) -> dict:
         """SPSA: ĝ_k = (L_k(θ+μz) − L_k(θ−μz)) / (2μ) · z, z ~ N(0, I) over the shared parameters, in eval mode."""
         mu = self.zo_eps
         z = {i: self.probe.normal_like(params[i]) for i in shared_idx}
+        offsets = [z.get(i) for i in range(len(params))]
         training = self.model.training if self.model is not None else None
         if self.model is not None:
             self.model.eval()
         try:
-            for i in shared_idx:
-                params[i].add_(z[i], alpha=mu)
-            plus = as_loss_vector(closure())[k]
-            for i in shared_idx:
-                params[i].copy_(theta[i]).add_(z[i], alpha=-mu)
-            minus = as_loss_vector(closure())[k]
+            with anchor.at(offsets, mu):
+                plus = as_loss_vector(closure())[k]
+            with anchor.at(offsets, -mu):
+                minus = as_loss_vector(closure())[k]
         finally:
-            for i in shared_idx:
-                params[i].copy_(theta[i])
             if self.model is not None:
                 self.model.train(training)
         projected = (plus - minus) / (2 * mu)
@@ -211,12 +196,12 @@ class SAMO(PerTaskSharpness):
             return (1 - self.beta) * g + self.beta * g.norm() * local / local.norm().clamp_min(1e-30)
         return (1 - self.beta) * g + self.beta * local
 
-    def directions(self, losses, weights, params, shared, theta, closure):
+    def directions(self, losses, weights, params, shared, anchor, closure):
         global_grad, heads, extra = self.global_and_heads(losses, weights, params, shared)
         shared_idx = list(global_grad)
         directions = []
         for k in range(losses.numel()):
-            local = self.local_estimate(closure, params, theta, shared_idx, k)
+            local = self.local_estimate(closure, params, anchor, shared_idx, k)
             directions.append({**{i: self.mix(global_grad[i], local[i]) for i in shared_idx}, **heads[k]})
         return directions, None, extra
 
@@ -270,10 +255,11 @@ class SAGESAMO(SAMO):
         return global_grad, heads, self.descent_noise.set_agreement(agreement)
 
     def perturbation(self, params, direction, shared):
-        return {i: self.ascent(params[i], d) for i, d in direction.items()}
+        rhos = self.per_param("rho")
+        return {i: self.ascent(params[i], d, rhos[i]) for i, d in direction.items()}
 
-    def noise_scale(self) -> float:
-        return self.descent_noise.beta
+    def descent_noise_scales(self, params) -> list[float]:
+        return self.descent_noise.betas(self.per_param("gamma"))
 
     def noise_like(self, p):
         return self.descent_noise.like(p)

@@ -13,7 +13,7 @@ import torch
 from .base import TwoPassOptimizer, _check_non_negative
 from .grads import mean_pairwise_cosine, per_distribution_grads
 from .noise import NoiseSource
-from .polar import METHODS, polar
+from .polar_factor import METHODS, polar
 
 BIAS_RULES = ("sam", "scaled", "none")
 POLAR_CHOICES = METHODS + ("none",)
@@ -35,30 +35,39 @@ class SpectralAscent:
         self.scale_by_weight_norm, self.bias_rule = scale_by_weight_norm, bias_rule
 
     @torch.no_grad()
-    def __call__(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, p: torch.Tensor, g: torch.Tensor, rho: float | None = None) -> torch.Tensor | None:
+        """ε for parameter ``p`` from its gradient ``g``; ``rho`` is its group's radius (default: this one's)."""
+        rho = self.rho if rho is None else rho
         if p.ndim >= 2:
-            radius = self.rho * p.norm() if self.scale_by_weight_norm else self.rho
+            radius = rho * p.norm() if self.scale_by_weight_norm else rho
             if self.polar == "none":
                 return radius * g / g.norm().clamp_min(1e-12)
             return radius * polar(g, self.polar, self.ns_steps)
         if self.bias_rule == "none":
             return None
-        radius = self.rho * p.norm() if self.bias_rule == "scaled" else self.rho
+        radius = rho * p.norm() if self.bias_rule == "scaled" else rho
         return radius * g / g.norm().clamp_min(1e-12)
 
 
 class AgreementNoise:
-    """SAGE's descent noise: β = max(γ(1 − S), 0) from the agreement S, ξ ~ N(0, I) from a seeded generator."""
+    """SAGE's descent noise: β = max(γ(1 − S), 0) from the agreement S, ξ ~ N(0, I) from a seeded generator.
+    γ may differ per parameter group: ``betas(gammas)`` gives each parameter's β."""
 
     def __init__(self, gamma: float, enabled: bool = True, seed: int | None = None):
         _check_non_negative(gamma=gamma)
-        self.gamma = gamma if enabled else 0.0
+        self.gamma, self.enabled = gamma, enabled
         self.source = NoiseSource(seed)
-        self.beta = 0.0
+        self.agreement = 1.0
+
+    def scale(self, gamma: float) -> float:
+        return max(gamma * (1.0 - self.agreement), 0.0) if self.enabled else 0.0
 
     def set_agreement(self, agreement: float) -> dict:
-        self.beta = max(self.gamma * (1.0 - agreement), 0.0)
-        return {"agreement": agreement, "noise_scale": self.beta}
+        self.agreement = agreement
+        return {"agreement": agreement, "noise_scale": self.scale(self.gamma)}
+
+    def betas(self, gammas) -> list[float]:
+        return [self.scale(g) for g in gammas]
 
     def like(self, p: torch.Tensor) -> torch.Tensor:
         return self.source.normal_like(p)
@@ -84,8 +93,8 @@ class SAGE(TwoPassOptimizer):
         polar: ``quintic`` (Muon, default), ``cubic`` (Eq. 7), ``svd`` (exact), ``polar_express``, or
             ``none`` for the Fig. 3 "no Newton–Schulz" ablation (ε_W = ρ‖W‖_F · G/‖G‖_F).
         scale_by_weight_norm: False is the "no scaling" ablation (ε_W = ρ · polar(G)).
-        bias_rule: 1-D parameters: ``sam`` (ρ g/‖g‖, Alg. 1), ``scaled`` (ρ‖b‖ g/‖g‖, scale invariant,
-            reference-facts §3), ``none`` (left unperturbed).
+        bias_rule: 1-D parameters: ``sam`` (ρ g/‖g‖, Alg. 1), ``scaled`` (ρ‖b‖ g/‖g‖, which makes the
+            perturbation invariant to rescaling the layer, App. D), ``none`` (left unperturbed).
         noise: False (or γ = 0) is the "no noise" ablation.
         """
         ascent = SpectralAscent(rho, polar, ns_steps, scale_by_weight_norm, bias_rule)
@@ -109,11 +118,11 @@ class SAGE(TwoPassOptimizer):
 
     @torch.no_grad()
     def perturbations(self, params, grads):
-        return [self.ascent(p, g) for p, g in zip(params, grads)]
+        return [self.ascent(p, g, rho) for p, g, rho in zip(params, grads, self.per_param("rho"))]
 
     # --- descent noise ---------------------------------------------------------------------------
-    def descent_noise_scale(self) -> float:
-        return self.descent_noise.beta
+    def descent_noise_scales(self, params) -> list[float]:
+        return self.descent_noise.betas(self.per_param("gamma"))
 
     def noise_like(self, p: torch.Tensor) -> torch.Tensor:
         return self.descent_noise.like(p)

@@ -1,4 +1,4 @@
-"""Sharpness-aware baselines with SAGE's API.
+"""Sharpness-aware baselines with SAGE's API. ρ (and α, η, λ) are read from each parameter's group.
 
 SAM (Foret et al. 2021): ε = ρ ḡ/‖ḡ‖₂ with the global norm over all parameters.
 ASAM (Kwon et al. 2021): element-wise adaptive, ε = ρ T²ḡ/‖T ḡ‖₂ with T = |w| + η.
@@ -18,8 +18,8 @@ class SAM(TwoPassOptimizer):
 
     @torch.no_grad()
     def perturbations(self, params, grads):
-        scale = self.rho / max(global_norm(grads), 1e-12)
-        return [g * scale for g in grads]
+        norm = max(global_norm(grads), 1e-12)
+        return [g * (rho / norm) for g, rho in zip(grads, self.per_param("rho"))]
 
 
 class ASAM(TwoPassOptimizer):
@@ -27,13 +27,13 @@ class ASAM(TwoPassOptimizer):
                  model=None, **base_kwargs):
         _check_non_negative(eta=eta)
         super().__init__(params, base_optimizer, rho=rho, model=model, defaults={"eta": eta}, **base_kwargs)
-        self.eta = eta
 
     @torch.no_grad()
     def perturbations(self, params, grads):
-        scaled = [(p.abs() + self.eta) * g for p, g in zip(params, grads)]
-        scale = self.rho / max(global_norm(scaled), 1e-12)
-        return [(p.abs() + self.eta) * tg * scale for p, tg in zip(params, scaled)]
+        etas = self.per_param("eta")
+        scaled = [(p.abs() + eta) * g for p, g, eta in zip(params, grads, etas)]
+        norm = max(global_norm(scaled), 1e-12)
+        return [(p.abs() + eta) * tg * (rho / norm) for p, tg, eta, rho in zip(params, scaled, etas, self.per_param("rho"))]
 
 
 def _dot(a, b) -> torch.Tensor:
@@ -47,13 +47,13 @@ class GSAM(SAM):
     def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 0.05, alpha: float = 0.01,
                  model=None, **base_kwargs):
         _check_non_negative(alpha=alpha)
-        super().__init__(params, base_optimizer, rho=rho, model=model, **base_kwargs)
-        self.alpha = alpha
+        TwoPassOptimizer.__init__(self, params, base_optimizer, rho=rho, model=model, defaults={"alpha": alpha},
+                                  **base_kwargs)
 
     @torch.no_grad()
     def descent_gradient(self, clean, perturbed):
         coef = _dot(clean, perturbed) / _dot(perturbed, perturbed).clamp_min(1e-24)
-        return [gh - self.alpha * (g - coef * gh) for g, gh in zip(clean, perturbed)]
+        return [gh - alpha * (g - coef * gh) for g, gh, alpha in zip(clean, perturbed, self.per_param("alpha"))]
 
 
 class SAGM(TwoPassOptimizer):
@@ -64,12 +64,11 @@ class SAGM(TwoPassOptimizer):
                  model=None, **base_kwargs):
         _check_non_negative(alpha=alpha)
         super().__init__(params, base_optimizer, rho=rho, model=model, defaults={"alpha": alpha}, **base_kwargs)
-        self.alpha = alpha
 
     @torch.no_grad()
     def perturbations(self, params, grads):
-        scale = self.rho / max(global_norm(grads), 1e-12) - self.alpha
-        return [g * scale for g in grads]
+        norm = max(global_norm(grads), 1e-12)
+        return [g * (rho / norm - alpha) for g, rho, alpha in zip(grads, self.per_param("rho"), self.per_param("alpha"))]
 
     @torch.no_grad()
     def descent_gradient(self, clean, perturbed):
@@ -83,11 +82,12 @@ class DISAM(SAM):
     def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 0.05, variance_weight: float = 0.1,
                  model=None, **base_kwargs):
         _check_non_negative(variance_weight=variance_weight)
-        super().__init__(params, base_optimizer, rho=rho, model=model, **base_kwargs)
-        self.variance_weight = variance_weight
+        TwoPassOptimizer.__init__(self, params, base_optimizer, rho=rho, model=model,
+                                  defaults={"variance_weight": variance_weight}, **base_kwargs)
 
     def aggregate(self, losses, weights, params):
+        # one objective for all parameters: λ is the loss's, read from the first group
         mean = (weights * losses).sum()
         variance = ((losses - losses.mean()) ** 2).mean()
-        grads = grads_of(mean - self.variance_weight * variance, params)
+        grads = grads_of(mean - self.setting("variance_weight") * variance, params)
         return grads, {"domain_loss_variance": float(variance.detach())}

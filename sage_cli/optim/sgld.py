@@ -13,16 +13,15 @@ class SGLD(SinglePassOptimizer):
     def __init__(self, params, base_optimizer=torch.optim.Adam, sigma: float = 1e-3, seed: int | None = None,
                  model=None, **base_kwargs):
         _check_non_negative(sigma=sigma)
-        super().__init__(params, base_optimizer, model=model, **base_kwargs)
-        self.sigma = sigma
+        super().__init__(params, base_optimizer, model=model, defaults={"sigma": sigma}, **base_kwargs)
         self.noise_source = NoiseSource(seed)
 
     @torch.no_grad()
     def adjust_gradients(self, params):
-        for p in params:
-            if p.grad is not None and self.sigma > 0:
-                p.grad.add_(self.noise_source.normal_like(p), alpha=self.sigma)
-        self.stats["noise_scale"] = self.sigma
+        for p, sigma in zip(params, self.per_param("sigma")):
+            if p.grad is not None and sigma > 0:
+                p.grad.add_(self.noise_source.normal_like(p), alpha=sigma)
+        self.stats["noise_scale"] = self.setting("sigma")
 
     def _extra_state(self) -> dict:
         return self.noise_source.state_dict()

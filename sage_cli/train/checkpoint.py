@@ -12,12 +12,19 @@ import torch
 
 
 @dataclass
-class Checkpoint:
-    """One evaluation point of a run: its step (or epoch), metrics, and the DomainBed-style JSON row."""
+class Record:
+    """One evaluation point of a run: its step (DG) or epoch (MTL), metrics, and the DomainBed-style JSON row."""
 
     step: int
     metrics: dict[str, float]
     row: dict
+
+
+def results_jsonl(history: list[Record]) -> str:
+    """The records as DomainBed's ``results.jsonl``: one JSON row per evaluation."""
+    import json
+
+    return "".join(json.dumps(c.row, sort_keys=True) + "\n" for c in history)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -99,7 +106,7 @@ def save_training_state(path, step: int, finished: bool, recipe_hash: str, parts
     save_meta(path, {"step": step, "finished": finished, "recipe_hash": recipe_hash, **(extra or {})})
 
 
-def restore_training_state(path, parts: dict) -> tuple[list[Checkpoint], int | None]:
+def restore_training_state(path, parts: dict) -> tuple[list[Record], int | None]:
     """Load a checkpoint written by ``save_training_state`` into ``parts``: (history, the step to resume at),
     or ([], None) when there is none to resume."""
     if path is None or not Path(path).is_file():
@@ -108,4 +115,4 @@ def restore_training_state(path, parts: dict) -> tuple[list[Checkpoint], int | N
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])
     set_rng_state(state["rng"])
-    return [Checkpoint(r["step"], r["metrics"], r["row"]) for r in state["history"]], state["step"] + 1
+    return [Record(r["step"], r["metrics"], r["row"]) for r in state["history"]], state["step"] + 1

@@ -4,40 +4,18 @@ last step), DomainBed-format JSON rows, and a resumable checkpoint at each of th
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..data import DATASETS
+from ..catalog import DATASETS, MODELS
 from ..data.splits import InfiniteSampler, Split, load_batch, seed_hash, split_env
-from ..errors import Preempted, TrainingDiverged
-from ..models import MODELS
-from ..objectives import OBJECTIVES
-from ..optim import build_optimizer
+from ..optim.build import build_optimizer
 from ..optim.grads import flatten, grads_of
 from ..recipe import Recipe
-from .checkpoint import Checkpoint, restore_training_state, save_training_state
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-STAT_KEYS = ("agreement", "noise_scale", "grad_norm", "perturbation_norm")
-
-
-def record_stats(window: dict[str, list[float]], stats: dict[str, float]) -> None:
-    """Collect an optimizer's per-step statistics until the next checkpoint averages them."""
-    for key in STAT_KEYS:
-        if key in stats:
-            window.setdefault(key, []).append(stats[key])
+from .checkpoint import Record
+from .loop import TrainResult, train
 
 
 @dataclass
@@ -134,100 +112,120 @@ class Batcher:
         self.generator.set_state(state["generator"])
 
 
-@dataclass
-class TrainResult:
-    history: list[Checkpoint]
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    data: DGData
-    resumed_from: int | None = None
-
-
-def select_training_domain(history: list[Checkpoint], train_envs) -> Checkpoint:
+def select_training_domain(history: list[Record], train_envs) -> Record:
     """DomainBed's training-domain validation: the checkpoint with the best mean train-env out accuracy."""
     return max(history, key=lambda c: sum(c.metrics[f"env{i}_out_acc"] for i in train_envs) / len(train_envs))
 
 
-def results_jsonl(history: list[Checkpoint]) -> str:
-    return "".join(json.dumps(c.row, sort_keys=True) + "\n" for c in history)
+class DGTask:
+    """One DG run: the model, the objective, the optimizer and the batches; evaluated by step."""
 
+    resumable_anywhere = True
 
-def train_dg(recipe: Recipe, data: DGData | None = None, on_checkpoint=None, progress=None,
-             checkpoint_path: str | Path | None = None, extra_state: dict | None = None,
-             should_stop=None) -> TrainResult:
-    """Train one recipe; ``on_checkpoint(ckpt)`` sees every checkpoint, ``progress(step)`` every step.
+    def __init__(self, recipe: Recipe, data: DGData, device: torch.device):
+        seed = recipe.training.seed
+        self.recipe, self.data, self.device = recipe, data, device
+        model = MODELS.get(recipe.backbone.name)(data.input_shape, data.n_classes, recipe.backbone, data.classes)
+        self.model = model.to(device).train()
+        self.objective = recipe.objective.build(self.model, len(data.train_envs), data.n_classes)
+        self.optimizer = build_optimizer(self.model, recipe.optimizer, seed=seed_hash(seed, "noise"),
+                                         extra=self.objective.parameters())
+        self.batcher = Batcher(data, recipe)
+        self.inner_seed = iter(range(10**9))
+        self.alignment = TargetAlignment(data)
+        self.parts = {"model": self.model, "optimizer": self.optimizer, "objective": self.objective,
+                      "batcher": self.batcher}
+        self.total_steps = recipe.training.steps
+        self.losses: list[float] = []
 
-    With ``checkpoint_path``, the full training state (model, optimizer with its noise generator, objective,
-    samplers, every RNG, history) is saved there atomically at each checkpoint, and a run whose file exists
-    resumes from it. ``extra_state`` rides along (the MLflow run id). Raises ``TrainingDiverged`` at the first
-    non-finite loss, and ``Preempted`` (after saving) when ``should_stop()`` turns true between two steps.
-    """
-    seed = recipe.training.seed
-    torch.manual_seed(seed)
-    device = pick_device(recipe.training.device)
-    data = data if data is not None else load_dg_data(recipe)
-    model = MODELS.get(recipe.backbone.name)(data.input_shape, data.n_classes, recipe.backbone, data.classes)
-    model = model.to(device).train()
-    objective = OBJECTIVES.get(recipe.objective.name)(model, len(data.train_envs), recipe.objective, data.n_classes)
-    optimizer = build_optimizer(model, recipe.optimizer, seed=seed_hash(seed, "noise"), extra=objective.parameters())
-    batcher = Batcher(data, recipe)
-    inner_seed = iter(range(10**9))
+    def first_step(self, resumed_from: int) -> int:
+        return resumed_from
 
-    def make_inner_optimizer(module):
-        return build_optimizer(module, recipe.optimizer, seed=seed_hash(seed, "inner", next(inner_seed)))
+    def make_inner_optimizer(self, module):
+        seed = seed_hash(self.recipe.training.seed, "inner", next(self.inner_seed))
+        return build_optimizer(module, self.recipe.optimizer, seed=seed)
 
-    alignment = TargetAlignment(data)
-    parts = {"model": model, "optimizer": optimizer, "objective": objective, "batcher": batcher}
-    history, resumed_from = restore_training_state(checkpoint_path, parts)
-    start = resumed_from or 0
-
-    steps, freq = recipe.training.steps, recipe.training.checkpoint_freq
-    window: dict[str, list[float]] = {}
-
-    def save(step: int) -> None:
-        save_training_state(checkpoint_path, step, step == steps - 1, recipe.hash(), parts, history, extra_state)
-
-    for step in range(start, steps):
-        t0 = time.perf_counter()
-        xs, ys, weights = batcher.next()
-        xs, ys = [x.to(device) for x in xs], [y.to(device) for y in ys]
+    def step(self, step: int):
+        xs, ys, weights = self.batcher.next()
+        xs, ys = [x.to(self.device) for x in xs], [y.to(self.device) for y in ys]
+        objective, model = self.objective, self.model
         if getattr(objective, "owns_update", False):  # Fish: its meta-update drives the recipe's optimizer
-            losses = objective.update(model, xs, ys, weights, make_inner_optimizer)
+            losses = objective.update(model, xs, ys, weights, self.make_inner_optimizer)
         else:
-            losses = optimizer.step(lambda: objective.losses(model, xs, ys, weights), weights=weights)
+            losses = self.optimizer.step(lambda: objective.losses(model, xs, ys, weights), weights=weights)
         loss = float(losses.mean())
-        if not math.isfinite(loss):
-            raise TrainingDiverged(step, loss)
         objective.after_step(step)
-        window.setdefault("step_time", []).append(time.perf_counter() - t0)
-        window.setdefault("loss", []).append(loss)
-        record_stats(window, getattr(objective, "inner_stats", None) or optimizer.stats)
-        if progress is not None:
-            progress(step)
-        if step % freq == 0 or step == steps - 1:
-            metrics = {k: sum(v) / len(v) for k, v in window.items()}
-            window = {}
-            for i, split in enumerate(data.splits):
-                for name in ("in", "out"):
-                    metrics[f"env{i}_{name}_acc"] = accuracy(model, split[name], device)
-            metrics["target_alignment"] = alignment(model, device)
-            row = {
-                "args": {"dataset": recipe.dataset.name, "algorithm": recipe.optimizer.label,
-                         "objective": recipe.objective.name, "test_envs": data.test_envs,
-                         "trial_seed": seed, "seed": seed, "recipe_hash": recipe.hash()},
-                "hparams": recipe.optimizer.model_dump(mode="json"),
-                "step": step,
-                "epoch": step * recipe.training.batch_size / min(len(data.splits[i]["in"]) for i in data.train_envs),
-                **metrics,
-            }
-            ckpt = Checkpoint(step, metrics, row)
-            history.append(ckpt)
-            if on_checkpoint is not None:  # logged before saved: a kill in between re-logs, never loses
-                on_checkpoint(ckpt)
-            if checkpoint_path is not None:
-                save(step)
-        if should_stop is not None and should_stop() and step < steps - 1:
-            if checkpoint_path is not None:
-                save(step)
-            raise Preempted(step)
-    return TrainResult(history, model, optimizer, data, resumed_from)
+        self.losses.append(loss)
+        return loss, getattr(objective, "inner_stats", None) or self.optimizer.stats
+
+    def position_at(self, step: int) -> int | None:
+        freq = self.recipe.training.checkpoint_freq
+        return step if step % freq == 0 or step == self.total_steps - 1 else None
+
+    def evaluate(self, step: int, window: dict[str, float]) -> Record:
+        recipe, data = self.recipe, self.data
+        metrics = {**window, "loss": sum(self.losses) / len(self.losses)}
+        self.losses = []
+        for i, split in enumerate(data.splits):
+            for name in ("in", "out"):
+                metrics[f"env{i}_{name}_acc"] = accuracy(self.model, split[name], self.device)
+        metrics["target_alignment"] = self.alignment(self.model, self.device)
+        row = {
+            "args": {"dataset": recipe.dataset.name, "algorithm": recipe.optimizer.label,
+                     "objective": recipe.objective.name, "test_envs": data.test_envs,
+                     "trial_seed": recipe.training.seed, "seed": recipe.training.seed, "recipe_hash": recipe.hash()},
+            "hparams": recipe.optimizer.model_dump(mode="json"),
+            "step": step,
+            "epoch": step * recipe.training.batch_size / min(len(data.splits[i]["in"]) for i in data.train_envs),
+            **metrics,
+        }
+        return Record(step, metrics, row)
+
+
+class DGProtocol:
+    """Domain generalization: DomainBed's loop, judged on the held-out env."""
+
+    kind = "dg"
+
+    def load(self, recipe: Recipe) -> DGData:
+        return load_dg_data(recipe)
+
+    def start(self, recipe: Recipe, data: DGData, device) -> DGTask:
+        return DGTask(recipe, data, device)
+
+    def total_steps(self, recipe: Recipe, data) -> int:
+        return recipe.training.steps
+
+    def first_step(self, recipe: Recipe, data, resumed_from: int) -> int:
+        return resumed_from
+
+    def status(self, record: Record, data) -> str:
+        accs = " ".join(f"{record.metrics[f'env{i}_out_acc']:.3f}" for i in data.test_envs)
+        return f"loss {record.metrics['loss']:.3f} · test out {accs}"
+
+    def finish(self, result: TrainResult, recipe: Recipe):
+        """(final metrics, a table, the line to print)."""
+        from rich.table import Table
+
+        data, last = result.data, result.history[-1].metrics
+        test = data.test_envs[0]
+        target = last[f"env{test}_in_acc"]
+        selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
+        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.label} "
+                            f"· step {result.history[-1].step}")
+        for col in ("env", "role", "in acc", "out acc"):
+            table.add_column(col, justify="right" if "acc" in col else "left")
+        for i, name in enumerate(data.env_names):
+            role = "[bold magenta]test[/]" if i in data.test_envs else "train"
+            table.add_row(f"{i} ({name})", role, f"{last[f'env{i}_in_acc']:.4f}", f"{last[f'env{i}_out_acc']:.4f}")
+        envs = ",".join(map(str, data.test_envs))
+        line = f"target env {envs} accuracy: {target:.4f} (final), {selected:.4f} (training-domain validation)"
+        return {"target_acc": target, "target_acc_selected": selected}, table, line
+
+
+PROTOCOL = DGProtocol()
+
+
+def train_dg(recipe: Recipe, data: DGData | None = None, **kwargs) -> TrainResult:
+    """``train`` with the DG protocol (see ``loop.train`` for the keywords)."""
+    return train(recipe, PROTOCOL, data=data, **kwargs)

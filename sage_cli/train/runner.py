@@ -20,7 +20,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from ..errors import Preempted, TrainingDiverged
 from ..recipe import Recipe
@@ -68,88 +67,11 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
     }
 
 
-class DGProtocol:
-    """Domain generalization: DomainBed's loop, judged on the held-out env."""
-
-    def load(self, recipe):
-        from .dg import load_dg_data
-
-        return load_dg_data(recipe)
-
-    def train(self, recipe, **kwargs):
-        from .dg import train_dg
-
-        return train_dg(recipe, **kwargs)
-
-    def total_steps(self, recipe, data) -> int:
-        return recipe.training.steps
-
-    def status(self, ckpt, data) -> str:
-        accs = " ".join(f"{ckpt.metrics[f'env{i}_out_acc']:.3f}" for i in data.test_envs)
-        return f"loss {ckpt.metrics['loss']:.3f} · test out {accs}"
-
-    def finish(self, result, recipe):
-        from .dg import select_training_domain
-
-        data, last = result.data, result.history[-1].metrics
-        test = data.test_envs[0]
-        target = last[f"env{test}_in_acc"]
-        selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
-        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.label} "
-                            f"· step {result.history[-1].step}")
-        for col in ("env", "role", "in acc", "out acc"):
-            table.add_column(col, justify="right" if "acc" in col else "left")
-        for i, name in enumerate(data.env_names):
-            role = "[bold magenta]test[/]" if i in data.test_envs else "train"
-            table.add_row(f"{i} ({name})", role, f"{last[f'env{i}_in_acc']:.4f}", f"{last[f'env{i}_out_acc']:.4f}")
-        envs = ",".join(map(str, data.test_envs))
-        line = (f"target env {envs} accuracy: {target:.4f} (final), {selected:.4f} (training-domain validation)")
-        return {"target_acc": target, "target_acc_selected": selected}, table, line
-
-
-class MTLProtocol:
-    """Multi-task learning: epochs, per-task metrics, Δm; reported as the mean of the last 10 epochs."""
-
-    def load(self, recipe):
-        from ..mtl.train import load_mtl_data
-
-        return load_mtl_data(recipe)
-
-    def train(self, recipe, **kwargs):
-        from ..mtl.train import train_mtl
-
-        return train_mtl(recipe, **kwargs)
-
-    def total_steps(self, recipe, data) -> int:
-        return recipe.training.epochs * -(-len(data.train) // recipe.training.batch_size)
-
-    def status(self, ckpt, data) -> str:
-        key = "delta_m" if "delta_m" in ckpt.metrics else "mean_acc"
-        return f"epoch {ckpt.step} · loss {ckpt.metrics['loss']:.3f} · {key} {ckpt.metrics[key]:.2f}"
-
-    def finish(self, result, recipe):
-        from ..mtl.train import final_average
-        from .dg import STAT_KEYS
-
-        history = result.history
-        keys = [k for k in history[-1].metrics if not k.startswith(("loss", "step_time", "epoch_time", *STAT_KEYS))]
-        last = recipe.training.report_epochs
-        final = {f"final_{k}": final_average(history, k, last) for k in keys}
-        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.aggregator.name} × "
-                            f"{recipe.optimizer.label} · epoch {history[-1].step} (mean of the last {last} epochs)")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for k in keys:
-            table.add_row(k, f"{final[f'final_{k}']:.4f}")
-        key = "delta_m" if "delta_m" in keys else "mean_acc"
-        line = f"{recipe.dataset.name} {recipe.aggregator.name} × {recipe.optimizer.label}: {key} {final[f'final_{key}']:.2f}"
-        return final, table, line
-
-
 def protocol_for(recipe: Recipe):
-    from ..catalog import MTL_DATASETS
+    """The training protocol of the recipe's kind of dataset (DG or MTL), from the catalog."""
+    from ..catalog import PROTOCOLS
 
-    return MTLProtocol() if recipe.dataset.name in MTL_DATASETS else DGProtocol()
+    return PROTOCOLS.get(recipe.kind)
 
 
 def checkpoint_path_for(recipe: Recipe) -> Path:
@@ -161,8 +83,8 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
     resumed, in the same MLflow run where this store has it; ``restart`` discards it instead."""
     from ..interrupts import InterruptGuard
-    from .checkpoint import read_meta, remove_checkpoint
-    from .dg import results_jsonl
+    from .checkpoint import read_meta, remove_checkpoint, results_jsonl
+    from .loop import train
 
     console = console or Console()
     protocol = protocol_for(recipe)
@@ -198,7 +120,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                 run.log_text(recipe.to_yaml(), "recipe.yaml")
             with progress:
                 total = protocol.total_steps(recipe, data)
-                done = first_step if isinstance(protocol, DGProtocol) else total * first_step // recipe.training.epochs
+                done = protocol.first_step(recipe, data, first_step)
                 task = progress.add_task("training", total=total, completed=done, status="")
 
                 def on_step(step):
@@ -209,9 +131,9 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                     on_checkpoint(ckpt)
                     progress.update(task, status=protocol.status(ckpt, data))
 
-                result = protocol.train(recipe, data=data, on_checkpoint=on_ckpt, progress=on_step,
-                                  checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
-                                  should_stop=should_stop)
+                result = train(recipe, protocol, data=data, on_checkpoint=on_ckpt, progress=on_step,
+                               checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
+                               should_stop=should_stop)
         except Preempted as exc:  # the job comes back (requeued) and resumes in this same run
             run.set_tags({"sage.preempted_at_step": exc.step})
             raise

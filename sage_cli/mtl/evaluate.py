@@ -1,0 +1,56 @@
+"""Per-epoch test metrics of the MTL benchmarks: task accuracies (embedded digits) and the dense metrics of
+Table 2 (mIoU, pixel accuracy, depth errors, normal angles) with Δm against the STL references."""
+
+from __future__ import annotations
+
+import torch
+
+from .metrics import ConfusionMatrix, delta_m, depth_errors, normal_angles, normal_metrics
+
+
+def batches(ds, n: int, size: int):
+    from .data import task_batch
+
+    for i in range(0, n, size):
+        yield task_batch(ds, torch.arange(i, min(i + size, n)), train=False)
+
+
+@torch.no_grad()
+def classification_metrics(model, test, tasks, device) -> dict[str, float]:
+    """Each task's accuracy (percent) and their mean."""
+    model.eval()
+    n = len(test)
+    correct = {t: 0 for t in tasks}
+    for x, y in batches(test, n, 512):
+        out = model(x.to(device))
+        for t in tasks:
+            correct[t] += int((out[t].argmax(1).cpu() == y[t]).sum())
+    metrics = {f"{t}_acc": 100 * c / n for t, c in correct.items()}
+    metrics["mean_acc"] = sum(metrics.values()) / len(tasks)
+    model.train()
+    return metrics
+
+
+@torch.no_grad()
+def dense_metrics(model, test, n_classes: int, benchmark, rel_scale: float, device) -> dict[str, float]:
+    """Table 2's metrics and Δm. ``rel_scale``: Table 2 states Cityscapes' relative depth error in percent
+    (STL 27.77) and NYU-v2's as a fraction (0.2780)."""
+    model.eval()
+    cm, angles = ConfusionMatrix(n_classes), []
+    abs_sum = rel_sum = count = 0.0
+    for x, y in batches(test, len(test), 4):
+        out = {k: v.cpu() for k, v in model(x.to(device)).items()}
+        cm.update(out["segmentation"].argmax(1), y["segmentation"])
+        valid = (y["depth"] != 0).sum().item()
+        if valid:
+            a, r = depth_errors(out["depth"], y["depth"])
+            abs_sum, rel_sum, count = abs_sum + a * valid, rel_sum + r * valid, count + valid
+        if "normal" in y:
+            angles.append(normal_angles(out["normal"], y["normal"]))
+    metrics = {"miou": 100 * cm.miou(), "pixacc": 100 * cm.pixel_accuracy(),
+               "abs": abs_sum / max(count, 1), "rel": rel_scale * rel_sum / max(count, 1)}
+    if angles:
+        metrics.update(normal_metrics(torch.cat(angles)))
+    metrics["delta_m"] = delta_m([metrics[m] for m in benchmark.metrics], benchmark.stl, benchmark.higher_is_better)
+    model.train()
+    return metrics

@@ -1,0 +1,136 @@
+"""The one training loop: restore, step, evaluate, checkpoint, preemption, divergence, statistics window.
+
+What differs between domain generalization and multi-task learning is a ``Protocol`` (``train/dg.py``,
+``mtl/train.py``): it loads the data, and ``start`` builds a ``Task`` — the model, the optimizer, the batches,
+the evaluation — that this loop drives one step at a time. Positions are the protocol's checkpoint indices:
+DG saves and evaluates by step, MTL by epoch (−1: the initial state).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import Preempted, TrainingDiverged
+from ..recipe import Recipe
+from .checkpoint import Record, restore_training_state, save_training_state
+
+# optimizer statistics averaged over the steps between two checkpoints
+STAT_KEYS = ("agreement", "noise_scale", "grad_norm", "perturbation_norm")
+
+
+class Task(Protocol):
+    parts: dict[str, Any]  # what the checkpoint saves: name → object with state_dict / load_state_dict
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    total_steps: int
+    resumable_anywhere: bool  # DG: any step can be saved; MTL: only an epoch's end (and the initial state)
+
+    def first_step(self, resumed_from: int) -> int:
+        """The global step that follows the saved position ``resumed_from - 1``."""
+
+    def step(self, step: int) -> tuple[float, dict[str, float]]:
+        """Train one step: (the loss, checked for divergence; the optimizer's statistics)."""
+
+    def position_at(self, step: int) -> int | None:
+        """The position whose evaluation falls after ``step``, or None."""
+
+    def evaluate(self, position: int, window: dict[str, float]) -> Record:
+        """The record of ``position``; ``window`` holds the step statistics' means since the last one."""
+
+
+class TrainingProtocol(Protocol):
+    """What DG and MTL each implement (one instance each, registered in ``catalog.PROTOCOLS``)."""
+
+    kind: str
+
+    def load(self, recipe: Recipe): ...
+
+    def start(self, recipe: Recipe, data, device: torch.device) -> Task: ...
+
+    def total_steps(self, recipe: Recipe, data) -> int: ...
+
+    def first_step(self, recipe: Recipe, data, resumed_from: int) -> int: ...
+
+    def status(self, record: Record, data) -> str: ...
+
+    def finish(self, result: TrainResult, recipe: Recipe): ...
+
+
+@dataclass
+class TrainResult:
+    history: list[Record]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data: Any
+    resumed_from: int | None = None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None,
+          checkpoint_path: str | Path | None = None, extra_state: dict | None = None,
+          should_stop=None) -> TrainResult:
+    """Train one recipe; ``on_checkpoint(record)`` sees every evaluation, ``progress(step)`` every step.
+
+    With ``checkpoint_path``, the full training state (model, optimizer with its noise generator, objective or
+    aggregator, samplers, every RNG, history) is saved there atomically at each evaluation, and a run whose
+    file exists resumes from it, bit-identically. ``extra_state`` rides along (the MLflow run id). Raises
+    ``TrainingDiverged`` at the first non-finite loss, and ``Preempted`` (naming the position saved to resume
+    from) when ``should_stop()`` turns true between two steps.
+    """
+    torch.manual_seed(recipe.training.seed)
+    device = pick_device(recipe.training.device)
+    data = data if data is not None else protocol.load(recipe)
+    task = protocol.start(recipe, data, device)
+    history, resumed_from = restore_training_state(checkpoint_path, task.parts)
+    total = task.total_steps
+    last_position = -1 if resumed_from is None else resumed_from - 1  # of the last evaluation, or saved state
+
+    def save(position: int, step: int) -> None:
+        if checkpoint_path is not None:
+            save_training_state(checkpoint_path, position, step == total - 1, recipe.hash(), task.parts, history,
+                                extra_state)
+
+    if resumed_from is None and not task.resumable_anywhere:
+        save(-1, -1)  # the initial state: a stop before the first evaluation also resumes, in the same run
+    window: dict[str, list[float]] = {}
+    for step in range(task.first_step(resumed_from or 0), total):
+        t0 = time.perf_counter()
+        loss, stats = task.step(step)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(step, loss)
+        window.setdefault("step_time", []).append(time.perf_counter() - t0)
+        for key in STAT_KEYS:
+            if key in stats:
+                window.setdefault(key, []).append(stats[key])
+        if progress is not None:
+            progress(step)
+        position = task.position_at(step)
+        if position is not None:
+            record = task.evaluate(position, {k: sum(v) / len(v) for k, v in window.items()})
+            window = {}
+            history.append(record)
+            last_position = position
+            if on_checkpoint is not None:  # logged before saved: a kill in between re-logs, never loses
+                on_checkpoint(record)
+            save(position, step)
+        if should_stop is not None and should_stop() and step < total - 1:
+            if position is not None:
+                raise Preempted(position)  # saved just now
+            if task.resumable_anywhere:
+                save(step, step)
+                raise Preempted(step)
+            # a preemption's grace is shorter than an NYU-v2 epoch: MTL stops now and redoes this epoch from the
+            # last one saved (its order and seeds come from the saved sampler: the same epoch)
+            raise Preempted(last_position)
+    return TrainResult(history, task.model, task.optimizer, data, resumed_from)
