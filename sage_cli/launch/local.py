@@ -1,5 +1,6 @@
-"""The local launcher: a pool of ``max_parallel`` `sage run` processes with a live table. Ctrl-C stops the
-running jobs cleanly (each marks its MLflow run KILLED; its checkpoint stays for the next attempt)."""
+"""The local launcher: a pool of ``max_parallel`` `sage run` processes with a live table. Ctrl-C (or
+`sage cancel`) stops the running jobs cleanly (each marks its MLflow run KILLED; its checkpoint stays for
+the next attempt)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,10 @@ def _table(state: SweepState, status: dict[str, str]) -> Table:
 
 
 def _start(state: SweepState, job: JobRecord, threads: int) -> subprocess.Popen:
-    from .sweep import job_environment
-
     logs = state.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     job.log_path = str(logs / f"{job.hash}.log")
-    env = {**os.environ, **job_environment(state), "OMP_NUM_THREADS": str(threads), "COLUMNS": "120"}
+    env = {**os.environ, **state.job_environment(), "OMP_NUM_THREADS": str(threads), "COLUMNS": "120"}
     with open(job.log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "sage_cli", "run", job.recipe_path], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -44,19 +43,63 @@ def _start(state: SweepState, job: JobRecord, threads: int) -> subprocess.Popen:
     return proc
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
+class _Process:
+    """A job's process known by its id alone (`sage cancel` runs in another process than the launcher)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self):
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return 0
+        return None
+
+    def send_signal(self, sig) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except OSError:
+            pass
+
+
+def _stop(procs) -> None:
     """SIGINT: each job stops after its current step and marks its MLflow run KILLED itself. A job still
-    busy after 30 s (a long evaluation) gets a second SIGINT, which stops it at once; SIGKILL 10 s later."""
+    busy after 30 s (a long evaluation) gets a second SIGINT, which stops it at once; SIGKILL 10 s later.
+    ``procs``: our own children (subprocess.Popen, reaped as they exit) or ``_Process`` ids."""
     for sig, grace in ((signal.SIGINT, 30), (signal.SIGINT, 10), (signal.SIGKILL, 5)):
         procs = [p for p in procs if p.poll() is None]
         for proc in procs:
             proc.send_signal(sig)
         deadline = time.time() + grace
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
+        while procs and time.time() < deadline:
+            procs = [p for p in procs if p.poll() is None]
+            time.sleep(0.1)
+
+
+def _pid(job: JobRecord) -> int | None:
+    if job.scheduler_id.startswith("local:"):
+        return int(job.scheduler_id.split(":")[1])
+    return None
+
+
+class LocalLauncher:
+    name = "local"
+    blocking = True
+
+    def submit(self, state: SweepState, jobs: list[JobRecord], plan, console: Console) -> dict[str, str]:
+        return run_local(state, jobs, plan.max_parallel, console)
+
+    def states(self, jobs: list[JobRecord]) -> dict[str, str]:
+        out = {}
+        for job in jobs:
+            pid = _pid(job)
+            if pid is not None:
+                out[job.scheduler_id] = "running" if _Process(pid).poll() is None else "gone"
+        return out
+
+    def cancel(self, jobs: list[JobRecord]) -> None:
+        _stop([_Process(pid) for pid in map(_pid, jobs) if pid is not None])
 
 
 def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, console: Console) -> dict[str, str]:

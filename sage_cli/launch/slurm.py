@@ -115,13 +115,11 @@ def _executor(state: SweepState, cfg: SlurmConfig) -> submitit.AutoExecutor:
 
 def submit(state: SweepState, jobs: list[JobRecord], cfg: SlurmConfig, console: Console) -> list[str]:
     """Submit ``jobs`` as arrays and return at once with their SLURM ids."""
-    from .sweep import job_environment
-
     if not jobs:
         console.print("nothing to submit")
         return []
     executor = _executor(state, cfg)
-    env = {**job_environment(state), "OMP_NUM_THREADS": str(cfg.cpus_per_task)}
+    env = {**state.job_environment(), "OMP_NUM_THREADS": str(cfg.cpus_per_task)}
     chunk = max(1, max_array_size())
     ids: list[str] = []
     for start in range(0, len(jobs), chunk):
@@ -143,3 +141,25 @@ def cancel(job_ids: list[str]) -> None:
     ids = sorted({j for j in job_ids if j and not j.startswith("local:")})
     if ids:
         _query(["scancel", *ids])
+
+
+# SLURM's job states in the launchers' words
+WORDS = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
+         "COMPLETED": "finished", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
+         "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "PREEMPTED": "requeued", "REQUEUED": "requeued",
+         "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
+
+
+class SlurmLauncher:
+    name = "slurm"
+    blocking = False
+
+    def submit(self, state: SweepState, jobs: list[JobRecord], plan, console: Console) -> dict[str, str]:
+        submit(state, jobs, plan.slurm, console)
+        return {}
+
+    def states(self, jobs: list[JobRecord]) -> dict[str, str]:
+        return {i: WORDS.get(s, s.lower()) for i, s in queue_states([j.scheduler_id for j in jobs]).items()}
+
+    def cancel(self, jobs: list[JobRecord]) -> None:
+        cancel([j.scheduler_id for j in jobs])

@@ -39,6 +39,10 @@ class SweepState:
     def dir(self) -> Path:
         return sweeps_dir() / self.id
 
+    def job_environment(self) -> dict[str, str]:
+        """What a job's process needs to tie its MLflow run to this sweep."""
+        return {"SAGE_SWEEP_ID": self.id, "SAGE_PARENT_RUN_ID": self.parent_run_id}
+
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "sweep.json.tmp"

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
+from .launchers import launcher_of
 from .state import SweepState
 
-SLURM_WORDS = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
-               "COMPLETED": "finished", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
-               "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "PREEMPTED": "requeued", "REQUEUED": "requeued",
-               "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
 MLFLOW_WORDS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "cancelled", "RUNNING": "running",
                 "SCHEDULED": "queued"}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def job_statuses(state: SweepState) -> list[dict]:
     from ..track.mlflow_run import sweep_runs
-    from .slurm import queue_states
 
-    runs = {}
-    for run in sweep_runs(state.tracking_uri, state.id):
-        h = run.data.tags.get("sage.job_hash") or run.data.tags.get("sage.recipe_hash")
-        runs[h] = run
-    queue = queue_states([j.scheduler_id for j in state.jobs.values()])
+    runs = {run.data.tags.get("sage.recipe_hash"): run for run in sweep_runs(state.tracking_uri, state.id)}
+    queue: dict[str, str] = {}
+    for launcher, jobs in _by_launcher(state).items():
+        queue.update(launcher.states(jobs))
     rows = []
     for h, job in state.jobs.items():
         run = runs.get(h)
@@ -42,12 +26,12 @@ def job_statuses(state: SweepState) -> list[dict]:
             status = "finished"
         elif job.cancelled:
             status = "cancelled"
-        elif sched:
-            status = SLURM_WORDS.get(sched, sched.lower())
+        elif sched and sched != "gone" and mlflow not in ("FAILED", "KILLED"):  # an ended run outranks a reused pid
+            status = sched
             if status == "queued" and run is not None:
                 status = "requeued"  # it ran before: a preempted or requeued job waiting to resume
-        elif job.scheduler_id.startswith("local:") and mlflow == "RUNNING":
-            status = "running" if _alive(int(job.scheduler_id.split(":")[1])) else "failed"
+        elif sched == "gone" and mlflow == "RUNNING":
+            status = "failed"  # its process is gone without ending its run
         elif mlflow:
             status = MLFLOW_WORDS.get(mlflow, mlflow.lower())
         else:
@@ -59,20 +43,26 @@ def job_statuses(state: SweepState) -> list[dict]:
     return rows
 
 
+def _by_launcher(state: SweepState) -> dict:
+    """The sweep's submitted jobs, grouped by the launcher that holds each."""
+    groups: dict[str, list] = {}
+    for job in state.jobs.values():
+        if job.scheduler_id:
+            groups.setdefault(job.launcher or state.launcher or "local", []).append(job)
+    return {launcher_of(jobs[0], name): jobs for name, jobs in groups.items()}
+
+
 def cancel_sweep(state: SweepState) -> int:
     """Cancel every unfinished job: scancel or SIGINT, then mark their MLflow runs KILLED."""
     from mlflow.tracking import MlflowClient
 
-    from .slurm import cancel
-
     rows = job_statuses(state)
     live = [r for r in rows if r["status"] not in ("finished", "cancelled", "failed")]
-    cancel([r["scheduler_id"] for r in live])
+    live_jobs = SweepState(state.id, state.name, state.tracking_uri, state.experiment,
+                           jobs={r["hash"]: state.jobs[r["hash"]] for r in live}, launcher=state.launcher)
+    for launcher, jobs in _by_launcher(live_jobs).items():
+        launcher.cancel(jobs)
     for r in live:
-        if r["scheduler_id"].startswith("local:"):
-            pid = int(r["scheduler_id"].split(":")[1])
-            if _alive(pid):
-                os.kill(pid, signal.SIGINT)
         state.jobs[r["hash"]].cancelled = True
         state.jobs[r["hash"]].status = "cancelled"
     client = MlflowClient(tracking_uri=state.tracking_uri)

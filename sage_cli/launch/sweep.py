@@ -12,6 +12,7 @@ from rich.table import Table
 from ..errors import UserError
 from ..recipe import SlurmConfig
 from ..track.mlflow_run import absolute_uri, finished_hashes, resolve_tracking_uri
+from .launchers import LAUNCHERS
 from .plan import Job
 from .state import JobRecord, SweepState
 
@@ -25,6 +26,7 @@ class SweepPlan:
     experiment: str
     slurm: SlurmConfig
     finished: set[str]
+    max_parallel: int = 1  # local launcher: jobs at once
 
     @property
     def to_run(self) -> list[Job]:
@@ -91,23 +93,15 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
     return state
 
 
-def job_environment(state: SweepState) -> dict[str, str]:
-    return {"SAGE_SWEEP_ID": state.id, "SAGE_PARENT_RUN_ID": state.parent_run_id}
-
-
 def launch(plan: SweepPlan, launcher: str, max_parallel: int, console: Console) -> SweepState:
     state = record(plan, launcher)
     jobs = [state.jobs[j.hash] for j in plan.to_run]
-    if launcher == "slurm":
-        from .slurm import submit
-
-        submit(state, jobs, plan.slurm, console)
-    else:
+    plan.max_parallel = max_parallel
+    chosen = LAUNCHERS.get(launcher)()
+    status = chosen.submit(state, jobs, plan, console)
+    if chosen.blocking:  # every job has ended: so has the sweep's parent run
         from mlflow.tracking import MlflowClient
 
-        from .local import run_local
-
-        status = run_local(state, jobs, max_parallel, console)
         ok = all(s == "finished" for s in status.values())
         MlflowClient(tracking_uri=state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
     return state

@@ -28,7 +28,7 @@ class Aggregator(Choice):
 
 
 def _impl(name: str) -> str:
-    return f"sage_cli.mtl.aggregators:{name}"
+    return f"sage_cli.mtl.aggregators.{name.lower()}:{name}"
 
 
 @AGGREGATORS.register
