@@ -130,7 +130,7 @@ def _test_envs(value: str | None):
 LAUNCH_OPTIONS = dict(
     seeds=typer.Option(None, "--seeds", help="Trial seeds, e.g. 0,1,2 (default: the recipe's sweep.seeds)."),
     test_envs=typer.Option(None, "--test-envs", help="'all' or e.g. 0,2 (default: the recipe's sweep.test_envs)."),
-    launcher=typer.Option("local", "--launcher", help="local | slurm"),
+    launcher=typer.Option("local", "--launcher", help="local | slurm (launch/launchers.py)"),
     max_parallel=typer.Option(1, "--max-parallel", min=1, help="Local launcher: jobs at once."),
     dry_run=typer.Option(False, "--dry-run", help="Print the job table; run nothing."),
     force=typer.Option(False, "--force", help="Rerun jobs that already have a FINISHED run."),
@@ -146,10 +146,11 @@ def _print_notes(notes: list[str]) -> None:
 def _launch(sweep_id, name, jobs, tracking_uri, experiment, slurm, launcher, max_parallel, dry_run, force):
     from rich.console import Console
 
+    from .launch.launchers import LAUNCHERS
     from .launch.sweep import job_table, launch, make_plan, summary_line
 
-    if launcher not in ("local", "slurm"):
-        raise UserError(f"--launcher '{launcher}': choose local or slurm")
+    if launcher not in LAUNCHERS:
+        raise UserError(f"--launcher '{launcher}': choose {' or '.join(LAUNCHERS.names())}")
     plan = make_plan(sweep_id, name, jobs, tracking_uri, experiment, slurm, force)
     console = Console()
     if dry_run:

@@ -26,4 +26,4 @@ def runs(uri):
 
 def child_runs(uri):
     client, all_runs = runs(uri)
-    return client, [r for r in all_runs if "sage.job_hash" in r.data.tags]
+    return client, [r for r in all_runs if "sage.sweep_id" in r.data.tags and "sage.sweep_parent" not in r.data.tags]

@@ -289,3 +289,62 @@ def test_muon_updates_matrices_with_muon_and_the_rest_with_adam():
     state = opt.state_dict()
     opt.load_state_dict(state)
     assert len(opt.param_groups) == 2
+
+
+# ------------------------------------------------------------------------------- per-group settings
+def _two_groups(model, first: dict, second: dict):
+    layers = [m for m in model if isinstance(m, torch.nn.Linear)]
+    return [{"params": layers[0].parameters(), **first}, {"params": layers[1].parameters(), **second}]
+
+
+def test_per_group_rho_for_sam_like_torchs_lr():
+    model, xs, ys = tiny_net(), *env_batches()
+    theta = clone_params(model)
+    opt = SAM(_two_groups(model, {"rho": 0.1}, {}), torch.optim.SGD, rho=0.02, lr=0.0)
+    losses = per_env_losses(model, xs, ys)
+    grads = torch.autograd.grad(losses.mean(), list(model.parameters()), retain_graph=True)
+    opt.first_step(losses)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))  # the global norm, over both groups
+    for i, (p, t, g) in enumerate(zip(model.parameters(), theta, grads)):
+        rho = 0.1 if i < 2 else 0.02  # the first Linear's weight and bias are the first group
+        torch.testing.assert_close(p.detach() - t, rho * g / norm, atol=1e-7, rtol=1e-4)
+    assert [g["rho"] for g in opt.param_groups] == [0.1, 0.02]
+
+
+def test_per_group_rho_and_gamma_for_sage():
+    model, xs, ys = tiny_net(), *env_batches()
+    theta = clone_params(model)
+    opt = SAGE(_two_groups(model, {"rho": 0.0, "gamma": 0.0}, {"rho": 0.05}), torch.optim.SGD,
+               rho=0.01, gamma=0.5, lr=1.0, seed=3)
+    losses = per_env_losses(model, xs, ys)
+    grads = torch.autograd.grad(losses.mean(), list(model.parameters()), retain_graph=True)
+    opt.first_step(losses)
+    eps = [p.detach() - t for p, t in zip(model.parameters(), theta)]
+    assert torch.equal(eps[0], torch.zeros_like(eps[0])) and torch.equal(eps[1], torch.zeros_like(eps[1]))
+    torch.testing.assert_close(eps[2], 0.05 * theta[2].norm() * polar(grads[2]), atol=1e-6, rtol=1e-4)
+    opt.second_step(per_env_losses(model, xs, ys))
+    with_noise = clone_params(model)
+
+    # the same step with γ = 0 everywhere: the first group moves identically, the second by β·ξ less
+    quiet = tiny_net()
+    opt_q = SAGE(_two_groups(quiet, {"rho": 0.0, "gamma": 0.0}, {"rho": 0.05, "gamma": 0.0}), torch.optim.SGD,
+                 rho=0.01, gamma=0.5, lr=1.0, seed=3)
+    opt_q.step(lambda: per_env_losses(quiet, xs, ys))
+    beta = 0.5 * (1 - opt.stats["agreement"])
+    assert beta > 0
+    xi = torch.Generator().manual_seed(3)
+    noise = [torch.randn(p.shape, generator=xi) for p in with_noise[2:]]  # drawn for the second group only
+    for a, b in zip(with_noise[:2], clone_params(quiet)[:2]):
+        assert torch.equal(a, b)
+    for a, b, n in zip(with_noise[2:], clone_params(quiet)[2:], noise):
+        torch.testing.assert_close(b - a, beta * n, atol=1e-6, rtol=1e-4)  # SGD, lr 1: θ − (g + βξ)
+
+
+def test_a_groups_rho_can_be_scheduled():
+    model, xs, ys = tiny_net(), *env_batches()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.04, lr=0.0)
+    for group in opt.param_groups:  # what a scheduler does to lr, done to ρ
+        group["rho"] = 0.0
+    theta = clone_params(model)
+    opt.first_step(per_env_losses(model, xs, ys))
+    assert all(torch.equal(p.detach(), t) for p, t in zip(model.parameters(), theta))

@@ -59,6 +59,13 @@ def task_batch(ds, indices, train: bool, seeds=None):
     return x, targets
 
 
+def test_batches(ds, size: int):
+    """The test set in order, ``size`` samples at a time, without augmentation."""
+    n = len(ds)
+    for i in range(0, n, size):
+        yield task_batch(ds, torch.arange(i, min(i + size, n)), train=False)
+
+
 def _dense(name: str, cfg) -> MTLData:
     """NYU-v2 or Cityscapes from ``dataset.root`` (or $SAGE_DATA), at ``<root>`` or ``<root>/<name>``."""
     from ..data.domainbed import data_root
@@ -75,7 +82,7 @@ def _dense(name: str, cfg) -> MTLData:
     benchmark = {"nyuv2": NYUV2, "cityscapes": CITYSCAPES}[name]
 
     def metrics(model, test_set, device):
-        return dense_metrics(model, test_set, spec.n_classes, benchmark, spec.rel_scale, device)
+        return dense_metrics(model, test_batches(test_set, 4), spec.n_classes, benchmark, spec.rel_scale, device)
 
     return MTLData(train, test, spec.tasks, spec.n_classes, metrics)
 
@@ -89,7 +96,7 @@ def mtl_digits(cfg=None) -> MTLData:
     from .evaluate import classification_metrics
 
     def metrics(model, test_set, device):
-        return classification_metrics(model, test_set, DigitPairs.tasks, device)
+        return classification_metrics(model, test_batches(test_set, 512), len(test_set), DigitPairs.tasks, device)
 
     return MTLData(DigitPairs("train"), DigitPairs("test"), DigitPairs.tasks, DigitPairs.n_classes, metrics)
 FOLDERS = {"segmentation": None, "depth": "depth", "normal": "normal"}

@@ -8,20 +8,12 @@ import torch
 from .metrics import ConfusionMatrix, delta_m, depth_errors, normal_angles, normal_metrics
 
 
-def batches(ds, n: int, size: int):
-    from .data import task_batch
-
-    for i in range(0, n, size):
-        yield task_batch(ds, torch.arange(i, min(i + size, n)), train=False)
-
-
 @torch.no_grad()
-def classification_metrics(model, test, tasks, device) -> dict[str, float]:
-    """Each task's accuracy (percent) and their mean."""
+def classification_metrics(model, batches, n: int, tasks, device) -> dict[str, float]:
+    """Each task's accuracy (percent) and their mean, over the ``n`` test samples in ``batches``."""
     model.eval()
-    n = len(test)
     correct = {t: 0 for t in tasks}
-    for x, y in batches(test, n, 512):
+    for x, y in batches:
         out = model(x.to(device))
         for t in tasks:
             correct[t] += int((out[t].argmax(1).cpu() == y[t]).sum())
@@ -32,13 +24,13 @@ def classification_metrics(model, test, tasks, device) -> dict[str, float]:
 
 
 @torch.no_grad()
-def dense_metrics(model, test, n_classes: int, benchmark, rel_scale: float, device) -> dict[str, float]:
+def dense_metrics(model, batches, n_classes: int, benchmark, rel_scale: float, device) -> dict[str, float]:
     """Table 2's metrics and Δm. ``rel_scale``: Table 2 states Cityscapes' relative depth error in percent
     (STL 27.77) and NYU-v2's as a fraction (0.2780)."""
     model.eval()
     cm, angles = ConfusionMatrix(n_classes), []
     abs_sum = rel_sum = count = 0.0
-    for x, y in batches(test, len(test), 4):
+    for x, y in batches:
         out = {k: v.cpu() for k, v in model(x.to(device)).items()}
         cm.update(out["segmentation"].argmax(1), y["segmentation"])
         valid = (y["depth"] != 0).sum().item()

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field
 
 from ..registry import Registry, resolve
-from ..settings import Choice, Section, non_defaults
+from ..settings import Choice, Section
 
 OBJECTIVES = Registry("objective")
 
@@ -26,10 +26,6 @@ class Objective(Choice):
     name: str
     hparams: Hparams = Field(default_factory=Hparams)
     implementation: ClassVar[str] = ""
-
-    def identity(self) -> dict:
-        hparams = non_defaults(self.hparams)
-        return {"name": self.name, **({"hparams": hparams} if hparams else {})}
 
     def build(self, model, n_envs: int, n_classes: int):
         return resolve(self.implementation)(model, n_envs, self, n_classes)

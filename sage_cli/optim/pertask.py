@@ -231,7 +231,7 @@ class SAMO(PerTaskSharpness):
 class SAGESAMO(SAMO):
     """SAMO's per-task directions through SAGE's spectral ascent, plus SAGE's agreement noise at descent."""
 
-    def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 1e-4, gamma: float = 1e-5,
+    def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 1e-6, gamma: float = 1e-6,
                  polar: str = "quintic", ns_steps: int = 5, scale_by_weight_norm: bool = True, bias_rule: str = "sam",
                  noise: bool = True, beta: float = 0.5, zo_eps: float = 0.01, layerwise: bool = True,
                  max_norm: float = 1.0, seed: int | None = None, model=None, **base_kwargs):

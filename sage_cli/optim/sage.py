@@ -13,10 +13,10 @@ import torch
 from .base import TwoPassOptimizer, _check_non_negative
 from .grads import mean_pairwise_cosine, per_distribution_grads
 from .noise import NoiseSource
-from .polar_factor import METHODS, polar
+from .polar_factor import POLAR_METHODS, polar
 
 BIAS_RULES = ("sam", "scaled", "none")
-POLAR_CHOICES = METHODS + ("none",)
+POLAR_CHOICES = POLAR_METHODS + ("none",)
 
 
 class SpectralAscent:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -74,13 +73,6 @@ class MlflowRun:
     def log_file(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
-    def log_bytes(self, write, name: str) -> None:
-        """Log an artifact produced by ``write(path)`` into a temporary folder."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            write(path)
-            self.log_file(path)
-
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
@@ -100,7 +92,7 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def prepare_store(uri: str, experiment: str) -> str:
     """Create the store (schema migration) and the experiment once, before jobs fan out: many processes
-    creating a fresh sqlite store at once fail in the migration (reference-facts §7)."""
+    creating a fresh sqlite store at once fail in its alembic schema migration (MLflow 3.x)."""
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient

@@ -56,7 +56,6 @@ def sweep_tags() -> dict[str, str]:
 def run_tags(recipe: Recipe) -> dict[str, str]:
     return {
         **sweep_tags(),
-        "sage.job_hash": recipe.hash(),
         "sage.recipe_hash": recipe.hash(),
         "sage.dataset": recipe.dataset.name,
         "sage.method": recipe.optimizer.label,
