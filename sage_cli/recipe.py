@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -19,16 +19,26 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from .catalog import AGGREGATORS, DATASETS, METHODS, MODELS, OBJECTIVES, dataset_kind
+from .catalog import AGGREGATORS, DATASETS, METHODS, MODELS, OBJECTIVES
 from .errors import UserError
 from .mtl.settings import Aggregator
 from .objectives.settings import Objective
 from .optim.methods import Method
 from .registry import Registry, did_you_mean
+from .sections import (  # the plain sections, re-exported: the recipe's own schema
+    DG_ONLY_DATASET,
+    TRAINING_NOT_IDENTITY,
+    TRAINING_ONLY,
+    BackboneConfig,
+    DatasetConfig,
+    SlurmConfig,
+    SweepConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
 from .settings import Choice, Section, non_defaults
 
 
@@ -55,111 +65,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# ------------------------------------------------------------------------------------------- schema
-_Section = Section
-
-
-class DatasetConfig(_Section):
-    name: str = "rotated_digits"
-    root: str | None = None
-    test_envs: list[int] = Field(default_factory=lambda: [0], min_length=1)  # DG only
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)  # DG only
-    image_size: int = Field(224, gt=0)  # image datasets on disk
-    corrupt_images: Literal["fail", "skip"] = "fail"
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        return DATASETS.check(v)
-
-    @model_validator(mode="after")
-    def _envs_in_range(self):
-        if dataset_kind(self.name) == "mtl":  # tasks, not environments
-            return self
-        envs = DATASETS.entry(self.name).envs
-        n = len(envs)
-        for env in self.test_envs:
-            if not 0 <= env < n:
-                raise ValueError(f"test env {env} is out of range: {self.name} has envs 0..{n - 1}")
-        if len(set(self.test_envs)) >= n:
-            raise ValueError(f"every env of {self.name} is a test env: nothing is left to train on")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return dataset_kind(self.name)
-
-
-DG_ONLY_DATASET = ("test_envs", "holdout_fraction", "image_size", "corrupt_images")
-
-
-class BackboneConfig(_Section):
-    name: str = "small_cnn"
-    pretrained: str | None = None  # open_clip tag or a local weights file; null = random init
-    model: str | None = None  # open_clip architecture (clip): ViT-B-16 by default
-    head: Literal["linear", "zeroshot"] = "linear"
-    prompt: str = "a photo of a {c}."
-    freeze_bn: bool = False  # resnet50: BatchNorm statistics frozen, as in DomainBed
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        return MODELS.check(v)
-
-    def identity(self) -> dict:
-        reads = MODELS.entry(self.name).settings
-        return {"name": self.name, **{k: v for k, v in non_defaults(self).items() if k in reads}}
-
-
-class TrainingConfig(_Section):
-    steps: int = Field(5001, gt=0)
-    batch_size: int = Field(32, gt=0)
-    checkpoint_freq: int = Field(300, gt=0)
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # per_env: batch_size from every training env each step (DomainBed); uniform: batch_size in all, each
-    # image's env drawn uniformly (the paper's "batch 12 sampled uniformly across source domains")
-    batch_sampling: Literal["per_env", "uniform"] = "per_env"
-    output_dir: str = "runs"  # checkpoints for resume: <output_dir>/<recipe hash>/
-    epochs: int = Field(200, gt=0)  # MTL: epochs, and the StepLR schedule
-    lr_step_epochs: int = Field(100, gt=0)
-    lr_gamma: float = Field(0.5, gt=0)
-    report_epochs: int = Field(10, gt=0)  # MTL results are the mean over the last N epochs (the references': 10)
-
-
-# what acts only on one kind of dataset (left out of the other kind's identity); where it runs never acts
-TRAINING_ONLY = {"dg": ("steps", "checkpoint_freq", "batch_sampling"),
-                 "mtl": ("epochs", "lr_step_epochs", "lr_gamma", "report_epochs")}
-TRAINING_NOT_IDENTITY = ("device", "output_dir")
-
-
-class SweepConfig(_Section):
-    """The protocol a sweep expands this recipe into (``sage ablate`` / ``sage sweep``); ``sage run`` runs
-    one point of it (the recipe's own seed and test envs). Not part of a run's identity."""
-
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    test_envs: Literal["all"] | list[int] = "all"  # leave-one-domain-out over every env
-
-
-class SlurmConfig(_Section):
-    """How `--launcher slurm` submits (through submitit); also accepted in experiment files."""
-
-    partition: str | None = None
-    timeout_min: int = Field(60, gt=0)
-    mem_gb: float = Field(8, gt=0)  # always requested: with CR_Core_Memory a job without --mem takes the node
-    cpus_per_task: int = Field(2, gt=0)
-    gpus_per_node: int = Field(0, ge=0)
-    array_parallelism: int = Field(64, gt=0)
-    setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load, …)
-    additional_parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-
-class TrackingConfig(_Section):
-    uri: str | None = None
-    experiment: str = "sage"
-
-
-class Recipe(_Section):
+class Recipe(Section):
     name: str | None = None
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
