@@ -124,12 +124,12 @@ def _split(values: str | None, cast=float, name: str = "") -> list | None:
 def _test_envs(value: str | None):
     if value is None:
         return None
-    return "all" if value.strip() == "all" else _split(value, int, "test-envs")
+    return value.strip() if value.strip() in ("all", "pairs") else _split(value, int, "test-envs")
 
 
 LAUNCH_OPTIONS = dict(
     seeds=typer.Option(None, "--seeds", help="Trial seeds, e.g. 0,1,2 (default: the recipe's sweep.seeds)."),
-    test_envs=typer.Option(None, "--test-envs", help="'all' or e.g. 0,2 (default: the recipe's sweep.test_envs)."),
+    test_envs=typer.Option(None, "--test-envs", help="'all', 'pairs' (all, plus every pair: LOO selection) or e.g. 0,2 (default: sweep.test_envs)."),
     launcher=typer.Option("local", "--launcher", help="local | slurm (launch/launchers.py)"),
     max_parallel=typer.Option(1, "--max-parallel", min=1, help="Local launcher: jobs at once."),
     dry_run=typer.Option(False, "--dry-run", help="Print the job table; run nothing."),

@@ -136,8 +136,29 @@ class Recipe(Section):
         return ident
 
     def hash(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _digest(self.identity())
+
+    def hparams_hash(self) -> str:
+        """The identity without the trial seed and the held-out envs: runs of one hyper-parameter setting
+        (DomainBed's ``hparams_seed``), which model selection chooses between."""
+        ident = self.identity()
+        ident["dataset"].pop("test_envs", None)
+        ident["training"].pop("seed", None)
+        return _digest(ident)
+
+    @property
+    def label(self) -> str:
+        """The row label in reports: ``tracking.label`` (a sweep's method name), else the method, with the
+        objective (DG) or aggregator (MTL) when they are not the default."""
+        if self.tracking.label:
+            return self.tracking.label
+        method = self.optimizer.label
+        if self.kind == "mtl":
+            return self.aggregator.name if method == "erm" else f"{method}-{self.aggregator.name}"
+        objective = self.objective.name
+        if objective == "erm":
+            return method
+        return objective if method == "erm" else f"{objective}+{method}"
 
     def given(self) -> dict:
         """The recipe as written (and overridden): what a planner starts from to derive another one."""
@@ -148,6 +169,11 @@ class Recipe(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def _digest(data: dict) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 KIND_NAMES = {"dg": "a domain generalization dataset", "mtl": "a multi-task dataset"}

@@ -90,7 +90,8 @@ class SweepConfig(Section):
     one point of it (the recipe's own seed and test envs). Not part of a run's identity."""
 
     seeds: list[int] = Field(default_factory=lambda: [0])
-    test_envs: Literal["all"] | list[int] = "all"  # leave-one-domain-out over every env
+    # all: leave-one-domain-out over every env; pairs: also every pair of envs held out (for LOO selection)
+    test_envs: Literal["all", "pairs"] | list[int] = "all"
 
 
 class SlurmConfig(Section):
@@ -109,3 +110,4 @@ class SlurmConfig(Section):
 class TrackingConfig(Section):
     uri: str | None = None
     experiment: str = "sage"
+    label: str | None = None  # the row label in reports (a sweep sets it from the experiment's method names)

@@ -67,19 +67,22 @@ def acts(data: dict, dotted: str) -> bool:
     return chosen is None or key in _keys(chosen)
 
 
-def test_env_values(recipe: Recipe, spec) -> list[int | None]:
+def test_env_values(recipe: Recipe, spec) -> list[list[int] | None]:
+    """The held-out env sets to run: each env alone (``all`` or a list), plus every pair with ``pairs`` (what
+    DomainBed's leave-one-domain-out selection needs)."""
     if recipe.kind == "mtl":  # multi-task: no environments to hold out
         return [None]
     n = len(DATASETS.entry(recipe.dataset.name).envs)
     if spec in (None, "recipe"):
         spec = recipe.sweep.test_envs
-    if spec == "all":
-        return list(range(n))
+    if spec in ("all", "pairs"):
+        singles = [[t] for t in range(n)]
+        return singles + ([list(p) for p in itertools.combinations(range(n), 2)] if spec == "pairs" else [])
     values = [int(v) for v in spec]
     for v in values:
         if not 0 <= v < n:
             raise UserError(f"test env {v} is out of range: {recipe.dataset.name} has envs 0..{n - 1}")
-    return values
+    return [[v] for v in values]
 
 
 def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[str, Any]] | None = None,
@@ -109,10 +112,12 @@ def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[
             for seed in seeds:
                 for env in envs:
                     all_overrides = {**point, **overrides, "training.seed": seed}
+                    if variant:  # the row label of reports
+                        all_overrides["tracking.label"] = variant
                     if env is not None:
-                        all_overrides["dataset.test_envs"] = [env]
+                        all_overrides["dataset.test_envs"] = env
                     parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \
-                            [f"seed={seed}"] + ([f"env={env}"] if env is not None else [])
+                            [f"seed={seed}"] + ([f"env={','.join(map(str, env))}"] if env is not None else [])
                     job = Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source))
                     jobs.setdefault(job.hash, job)
     return list(jobs.values())

@@ -27,6 +27,21 @@ def results_jsonl(history: list[Record]) -> str:
     return "".join(json.dumps(c.row, sort_keys=True) + "\n" for c in history)
 
 
+def results_path(checkpoint: str | Path) -> Path:
+    """The run folder's ``results.jsonl``, beside its checkpoint."""
+    return Path(checkpoint).with_name("results.jsonl")
+
+
+def write_results(checkpoint: str | Path, history: list[Record], append: bool = False) -> None:
+    """Append the newest row (``append``) or rewrite every row (a resumed run: a kill between a row and its
+    checkpoint left a row that the resumed run writes again)."""
+    path = results_path(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = history[-1:] if append else history
+    with open(path, "a" if append else "w") as f:
+        f.write(results_jsonl(rows))
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +92,7 @@ def read_meta(checkpoint: str | Path) -> dict | None:
 
 
 def remove_checkpoint(checkpoint: str | Path) -> None:
-    for path in (Path(checkpoint), meta_path(checkpoint)):
+    for path in (Path(checkpoint), meta_path(checkpoint), results_path(checkpoint)):
         path.unlink(missing_ok=True)
 
 

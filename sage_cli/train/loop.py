@@ -18,7 +18,7 @@ import torch
 
 from ..errors import Preempted, TrainingDiverged
 from ..recipe import Recipe
-from .checkpoint import Record, restore_training_state, save_training_state
+from .checkpoint import Record, restore_training_state, save_training_state, write_results
 
 # optimizer statistics averaged over the steps between two checkpoints
 STAT_KEYS = ("agreement", "noise_scale", "grad_norm", "perturbation_norm")
@@ -93,6 +93,8 @@ def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None
     data = data if data is not None else protocol.load(recipe)
     task = protocol.start(recipe, data, device)
     history, resumed_from = restore_training_state(checkpoint_path, task.parts)
+    if checkpoint_path is not None:
+        write_results(checkpoint_path, history)  # the rows of the restored history, or none
     total = task.total_steps
     last_position = -1 if resumed_from is None else resumed_from - 1  # of the last evaluation, or saved state
 
@@ -121,6 +123,8 @@ def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None
             window = {}
             history.append(record)
             last_position = position
+            if checkpoint_path is not None:
+                write_results(checkpoint_path, history, append=True)
             if on_checkpoint is not None:  # logged before saved: a kill in between re-logs, never loses
                 on_checkpoint(record)
             save(position, step)

@@ -57,6 +57,9 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
     return {
         **sweep_tags(),
         "sage.recipe_hash": recipe.hash(),
+        "sage.hparams_hash": recipe.hparams_hash(),
+        "sage.label": recipe.label,
+        "sage.kind": recipe.kind,
         "sage.dataset": recipe.dataset.name,
         "sage.method": recipe.optimizer.label,
         "sage.objective": recipe.objective.name,
@@ -82,7 +85,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
     resumed, in the same MLflow run where this store has it; ``restart`` discards it instead."""
     from ..interrupts import InterruptGuard
-    from .checkpoint import read_meta, remove_checkpoint, results_jsonl
+    from .checkpoint import read_meta, remove_checkpoint, results_jsonl, results_path
     from .loop import train
 
     console = console or Console()
@@ -100,6 +103,8 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     def on_checkpoint(ckpt):
         history.append(ckpt)
         run.log_metrics(ckpt.metrics, step=ckpt.step)
+        # every row so far (the loop appends it to the run folder's file): an interrupted run keeps them
+        run.log_file(results_path(ckpt_path))
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
