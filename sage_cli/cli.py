@@ -231,6 +231,74 @@ def sweep(
 
 
 @app.command()
+def report(
+    sweeps: Optional[List[str]] = typer.Argument(None, help="Sweep ids (or prefixes); none: every sweep."),
+    experiment: Optional[List[str]] = typer.Option(None, "--experiment", help="MLflow experiment names instead."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Default: as for sage run."),
+    selection: str = typer.Option("training", "--selection", help="training | oracle | loo | all (DomainBed's)."),
+    fmt: str = typer.Option("text", "--format", help="text | md | latex | csv | json | html."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write every format, table CSV and figure here."),
+    with_paper: bool = typer.Option(False, "--with-paper", help="The paper's rows beside ours, and its check."),
+    from_domainbed: Optional[Path] = typer.Option(None, "--from-domainbed", help="A DomainBed sweep output folder."),
+):
+    """The paper's Table 1 and Table 2 (and Fig. 3, App. F) from your runs, with DomainBed's model selection."""
+    try:
+        from .report.formats import FORMATS
+        from .report.selection import SELECTIONS
+
+        if selection not in (*SELECTIONS, "all"):
+            raise UserError(f"--selection '{selection}': choose training, oracle, loo or all")
+        if fmt not in FORMATS:
+            raise UserError(f"--format '{fmt}': choose {', '.join(FORMATS)}")
+        if out is not None and out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: exists and is not a folder")
+        from rich.console import Console
+
+        from .report.build import build, write
+        from .report.formats import render, to_text
+        from .report.runs import from_domainbed as read_domainbed
+        from .report.runs import from_store
+        from .track.mlflow_run import absolute_uri, resolve_tracking_uri
+
+        if from_domainbed is not None:
+            runs, source = read_domainbed(from_domainbed), f"DomainBed {from_domainbed}"
+        else:
+            uri = absolute_uri(resolve_tracking_uri(tracking_uri))
+            runs, source = from_store(uri, sweeps, experiment), uri
+        chosen = list(SELECTIONS) if selection == "all" else [selection]
+        result = build(runs, chosen, with_paper, sweeps, source, with_figures=out is not None or fmt == "html")
+        if out is not None:
+            written = write(result, out, with_paper)
+            typer.echo(f"wrote {len(written)} files to {out}")
+        elif fmt == "text":
+            to_text(result, Console(), with_paper)
+        else:
+            sys.stdout.write(render(result, fmt, with_paper))
+    except UserError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def export(
+    sweeps: Optional[List[str]] = typer.Argument(None, help="Sweep ids (or prefixes); none: every sweep."),
+    domainbed: Path = typer.Option(..., "--domainbed", help="Output folder, in DomainBed's sweep layout."),
+    experiment: Optional[List[str]] = typer.Option(None, "--experiment", help="MLflow experiment names instead."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Default: as for sage run."),
+):
+    """Finished DG runs as a DomainBed sweep folder (results.jsonl + done per run), for its collect_results."""
+    try:
+        from .report.domainbed import export as export_runs
+        from .report.runs import from_store
+        from .track.mlflow_run import absolute_uri, resolve_tracking_uri
+
+        uri = absolute_uri(resolve_tracking_uri(tracking_uri))
+        n = export_runs(uri, from_store(uri, sweeps, experiment), domainbed)
+        typer.echo(f"wrote {n} runs to {domainbed} (python -m domainbed.scripts.collect_results --input_dir {domainbed})")
+    except UserError as exc:
+        _fail(str(exc))
+
+
+@app.command()
 def status(sweep: Optional[str] = typer.Argument(None, help="Sweep id (or a unique prefix); none: list sweeps.")):
     """Every job of a sweep: queued, running, finished, failed, cancelled or requeued."""
     from rich.console import Console

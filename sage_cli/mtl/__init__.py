@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"CITYSCAPES": "metrics", "NYUV2": "metrics", "delta_m": "metrics", "AGGREGATORS": "settings"}
+_EXPORTS = {"CITYSCAPES": "benchmarks", "NYUV2": "benchmarks", "delta_m": "benchmarks", "AGGREGATORS": "settings"}
 __all__ = sorted(_EXPORTS)
 
 

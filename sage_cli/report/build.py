@@ -1,0 +1,151 @@
+"""``sage report``: runs → every table and figure of the paper's shape → the formats asked for."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import combinations
+from pathlib import Path
+
+from . import ablation, figures, paper
+from .dg import dg_tables, known_envs
+from .formats import FORMATS, Report, render, table_csv, to_text
+from .mtl import COLUMNS, mtl_tables
+from .runs import Run
+from .tables import Cell, Table
+
+
+def not_finished(runs: list[Run], dataset: str, sweeps: list[str]) -> tuple[str, list[dict]]:
+    """One line naming the runs of ``dataset`` that are not FINISHED, and their JSON records."""
+    mine = [r for r in runs if r.dataset == dataset]
+    left = [r for r in mine if r.status != "FINISHED"]
+    if not left:
+        return "", []
+    counts = Counter({"FAILED": "failed", "RUNNING": "running", "KILLED": "killed", "SCHEDULED": "queued"}
+                     .get(r.status, r.status.lower()) for r in left)
+    what = ", ".join(f"{n} {s}" for s, n in counts.most_common())
+    see = f" — see `sage status {sweeps[0]}`" if len(sweeps) == 1 else ""
+    records = [{"run_id": r.run_id, "status": r.status, "dataset": r.dataset, "method": r.label,
+                "test_envs": list(r.test_envs), "trial_seed": r.trial_seed, "sweep": r.sweep} for r in left]
+    return f"{dataset}: {len(left)} of {len(mine)} jobs not finished: {what}{see}", records
+
+
+def loo_gaps(runs: list[Run]) -> list[str]:
+    """Which pair runs leave-one-domain-out selection lacks, per dataset and row."""
+    lines = []
+    for dataset in sorted({r.dataset for r in runs if r.kind == "dg"}):
+        n = len(known_envs(dataset)) or 1 + max(e for r in runs for e in r.test_envs)
+        for label in dict.fromkeys(r.label for r in runs if r.dataset == dataset and r.kind == "dg"):
+            have = {r.test_envs for r in runs if (r.dataset, r.label, r.status) == (dataset, label, "FINISHED")}
+            missing = [p for p in combinations(range(n), 2) if p not in have]
+            if missing:
+                shown = " ".join("{%d,%d}" % p for p in missing[:6]) + (" …" if len(missing) > 6 else "")
+                lines.append(f"{dataset} {label}: LOO needs runs holding out each pair of envs; {len(missing)} of "
+                             f"{n * (n - 1) // 2} pairs have no finished run ({shown}); plan them with "
+                             f"`--test-envs pairs`")
+    return lines
+
+
+def _paper_dg(table: Table, datasets: list[str]) -> None:
+    labels = [label for label, _ in table.rows]
+    complete = set(datasets) == set(paper.TABLE1_DATASETS)
+    for label in labels:
+        values = [paper.table1_value(label, d) for d in datasets]
+        if any(v is not None for v in values):
+            avg = paper.table1_value(label, "avg") if complete else None
+            table.paper.append((label, [Cell(v, None, 1) for v in values] + [Cell(avg, None, 1)]))
+
+
+def _paper_mtl(table: Table, dataset: str) -> None:
+    metrics = COLUMNS.get(dataset, []) + ["delta_m"]
+    for label, _ in table.rows:
+        values = [paper.table2_value(label, dataset, m) for m in metrics]
+        if any(v is not None for v in values):
+            table.paper.append((label, [Cell(v, None, 1) for v in values]))
+
+
+def build(runs: list[Run], selections: list[str], with_paper: bool = False, sweeps: list[str] | None = None,
+          source: str = "", with_figures: bool = True) -> Report:
+    """Every table; the figures too unless ``with_figures`` is False (text, Markdown, CSV, JSON show none)."""
+    sweeps = sweeps or sorted({r.sweep for r in runs if r.sweep})
+    report = Report(f"sage report · {source}" if source else "sage report")
+    data: dict = {"dg": [], "mtl": [], "not_finished": [], "source": source,
+                  "selections": selections, "runs": len(runs)}
+    for dataset in dict.fromkeys(r.dataset for r in runs):
+        line, records = not_finished(runs, dataset, sweeps)
+        if line:
+            report.notes.append(line)
+            data["not_finished"] += records
+    dg = [r for r in runs if r.kind == "dg"]
+    for selection in selections if dg else []:
+        tables, rows = dg_tables(dg, selection)
+        data["dg"] += rows
+        if with_paper:
+            summary = tables[-1]
+            _paper_dg(summary, summary.columns[:-1])
+        if not any(any(c.mean is not None for _, cells in t.rows for c in cells) for t in tables):
+            for t in tables:
+                t.notes.append("no finished run gives a value under this selection"
+                               + (": see the LOO note below" if selection == "loo" else ""))
+        report.tables += tables
+        for table in ablation.grid_tables(dg, selection):
+            report.tables.append(table)
+            if with_figures:
+                report.figures.append(figures.heatmap(table))
+        for table in ablation.components_tables(dg, selection):
+            report.tables.append(table)
+            if with_figures:
+                report.figures.append(figures.bars(table))
+    if "loo" in selections:
+        report.notes += loo_gaps(dg)
+    mtl = [r for r in runs if r.kind == "mtl"]
+    if mtl:
+        tables, rows = mtl_tables(mtl)
+        data["mtl"] = rows
+        if with_paper:
+            for table in tables:
+                _paper_mtl(table, table.key.split("-", 1)[1])
+        report.tables += tables
+    curve = figures.alignment(ablation.alignment_series(dg)) if with_figures else None
+    if curve is not None:
+        report.figures.append(curve)
+    if with_paper:
+        findings = paper.flagged()
+        report.notes += [f"paper check: {f.line()}" for f in findings]
+        data["paper"] = {"table1": paper.table("table1"), "table2": paper.table("table2")}
+        data["paper_check"] = [{"table": f.table, "method": f.method, "what": f.what, "stated": f.stated,
+                                "recomputed": f.recomputed, "slack": f.slack, "note": f.note} for f in findings]
+    if not report.tables:
+        report.notes.append("nothing to report: no DG or MTL run in the selection")
+    report.data = data
+    return report
+
+
+def write(report: Report, out: Path, with_paper: bool = False) -> list[Path]:
+    """Every format and figure into ``out`` (created); the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    names = {"md": "report.md", "latex": "report.tex", "json": "report.json", "html": "report.html",
+             "csv": "report.csv"}
+    for fmt in FORMATS:
+        if fmt == "text":
+            from rich.console import Console
+
+            path = out / "report.txt"
+            with path.open("w") as f:
+                to_text(report, Console(file=f, width=160, color_system=None), with_paper)
+        else:
+            path = out / names[fmt]
+            path.write_text(render(report, fmt, with_paper))
+        written.append(path)
+    (out / "tables").mkdir(exist_ok=True)
+    for table in report.tables:
+        path = out / "tables" / f"{table.key}.csv"
+        path.write_text(table_csv(table, with_paper))
+        written.append(path)
+    (out / "figures").mkdir(exist_ok=True)
+    for figure in report.figures:
+        for suffix, content in (("png", figure.png), ("csv", figure.csv)):
+            path = out / "figures" / f"{figure.key}.{suffix}"
+            path.write_bytes(content) if suffix == "png" else path.write_text(content)
+            written.append(path)
+    return written

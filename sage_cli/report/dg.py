@@ -1,0 +1,114 @@
+"""Table 1's shape: per dataset a detail table (one column per test env, Avg), and a summary table
+(datasets × rows, Avg), as DomainBed's ``collect_results`` prints them; plus their JSON records."""
+
+from __future__ import annotations
+
+from .runs import Run
+from .selection import SELECTIONS, grouped, mean_sem, n_envs, sweep_acc
+from .tables import Cell, Table
+
+LEGEND = "mean ± standard error over trial seeds (population standard deviation / √n, as DomainBed); X: no value"
+
+
+def known_envs(dataset: str) -> list[str]:
+    from ..catalog import DATASETS
+
+    return list(DATASETS.entry(dataset).envs) if dataset in DATASETS else []
+
+
+def env_names(dataset: str, n: int) -> list[str]:
+    known = known_envs(dataset)
+    return known if len(known) == n else [f"env{i}" for i in range(n)]
+
+
+def dataset_order(names) -> list[str]:
+    from ..catalog import DATASETS
+
+    known = DATASETS.names()
+    order = ["rotated_digits", "pacs", "vlcs", "officehome", "terraincognita", "domainnet"]
+    return sorted(set(names), key=lambda d: (order.index(d) if d in order else len(order), d not in known, d))
+
+
+def hparams_seeds(runs: list[Run]) -> dict[str, int]:
+    """Each run's ``hparams_seed``: its hyper-parameter setting numbered within its (dataset, row)."""
+    out = {}
+    for key in {(r.dataset, r.label) for r in runs}:
+        settings = sorted({r.hparams for r in runs if (r.dataset, r.label) == key})
+        for r in runs:
+            if (r.dataset, r.label) == key:
+                out[r.run_id] = settings.index(r.hparams)
+    return out
+
+
+def records(runs: list[Run]) -> list[dict]:
+    """DomainBed's records of the finished DG runs: one per checkpoint."""
+    seeds = hparams_seeds(runs)
+    out = []
+    for run in runs:
+        if run.status != "FINISHED" or run.kind != "dg":
+            continue
+        args = {"dataset": run.dataset, "algorithm": run.label, "test_envs": list(run.test_envs),
+                "trial_seed": run.trial_seed, "hparams_seed": seeds[run.run_id]}
+        out += [{"args": args, **row} for row in run.rows if "env0_out_acc" in row]
+    return out
+
+
+def labels_in_order(runs: list[Run]) -> list[str]:
+    return list(dict.fromkeys(r.label for r in runs))
+
+
+def chosen_accs(recs: list[dict], selection: str) -> dict[tuple, dict]:
+    """(trial_seed, dataset, algorithm, test_env) → the selected candidate, where there is one."""
+    chosen = {key: sweep_acc(group, selection) for key, group in grouped(recs).items()}
+    return {k: v for k, v in chosen.items() if v is not None}
+
+
+def trial_summary(chosen: dict, dataset: str, label: str) -> tuple:
+    """DomainBed's averages cell: per trial seed the mean over its test envs; mean ± sem over trial seeds."""
+    trials: dict[int, list] = {}
+    for (t, d, a, _env), v in chosen.items():
+        if (d, a) == (dataset, label):
+            trials.setdefault(t, []).append(v["test_acc"])
+    return mean_sem(sum(v) / len(v) for _, v in sorted(trials.items()))
+
+
+def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]:
+    recs = records(runs)
+    chosen = chosen_accs(recs, selection)
+    labels = labels_in_order([r for r in runs if r.kind == "dg"])
+    datasets = dataset_order(r.dataset for r in runs if r.kind == "dg")
+    name = SELECTIONS[selection]
+    tables, json_rows, summary = [], [], {}
+    for dataset in datasets:
+        sample = next((r for r in recs if r["args"]["dataset"] == dataset), None)
+        envs = n_envs(sample) if sample else len(known_envs(dataset))
+        columns = [*env_names(dataset, envs), "Avg"]
+        table = Table(f"dg-{selection}-{dataset}", f"{dataset} · model selection: {name}", columns,
+                      higher_is_better=[True] * len(columns), notes=[LEGEND])
+        for label in labels:
+            cells = []
+            for env in range(envs):
+                accs = [v["test_acc"] for (t, d, a, e), v in sorted(chosen.items(), key=lambda kv: kv[0][0])
+                        if (d, a, e) == (dataset, label, env)]
+                mean, sem, n = mean_sem(accs)
+                cells.append(Cell(mean, sem, n))
+                json_rows.append({"selection": selection, "dataset": dataset, "method": label, "test_env": env,
+                                  "mean": mean, "sem": sem, "n": n})
+            means = [c.mean for c in cells]
+            avg = None if None in means or not means else sum(means) / len(means)
+            cells.append(Cell(avg))
+            json_rows.append({"selection": selection, "dataset": dataset, "method": label, "test_env": "avg",
+                              "mean": avg, "sem": None, "n": min((c.n for c in cells[:-1]), default=0)})
+            table.rows.append((label, cells))
+            summary[(label, dataset)] = trial_summary(chosen, dataset, label)
+        tables.append(table)
+    if datasets:
+        table = Table(f"dg-{selection}-summary", f"Averages · model selection: {name}", [*datasets, "Avg"],
+                      higher_is_better=[True] * (len(datasets) + 1), notes=[LEGEND])
+        for label in labels:
+            cells = [Cell(*summary[(label, d)]) for d in datasets]
+            means = [c.mean for c in cells]
+            cells.append(Cell(None if None in means else sum(means) / len(means)))
+            table.rows.append((label, cells))
+        tables.append(table)
+    return tables, json_rows

@@ -1,0 +1,187 @@
+"""What a report reads: the runs of a store (or a DomainBed output folder), each with its checkpoint rows.
+
+A sqlite store is read with SQL directly (a thousand runs of twenty checkpoints in well under a second); any
+other tracking URI through MLflow's client, one metric history request per run and key (in parallel).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+# DomainBed's names of the datasets both tools know (facebookresearch/DomainBed, domainbed/datasets.py)
+DOMAINBED_NAMES = {"pacs": "PACS", "vlcs": "VLCS", "officehome": "OfficeHome", "terraincognita": "TerraIncognita",
+                   "domainnet": "DomainNet"}
+FROM_DOMAINBED = {v: k for k, v in DOMAINBED_NAMES.items()}
+
+
+@dataclass
+class Run:
+    run_id: str
+    status: str  # FINISHED, FAILED, RUNNING, KILLED, …
+    dataset: str
+    kind: str  # dg | mtl
+    label: str  # the row label
+    hparams: str  # what model selection chooses between (DomainBed's hparams_seed, as a key)
+    trial_seed: int
+    test_envs: tuple[int, ...]
+    sweep: str = ""
+    recipe_hash: str = ""
+    start_time: int = 0
+    params: dict[str, str] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)  # per checkpoint: step and metrics, in step order
+    final: dict[str, float] = field(default_factory=dict)  # the run's final_* metrics (MTL)
+
+
+def _wanted(key: str) -> bool:
+    """The per-checkpoint metrics a report reads."""
+    return key.startswith("env") and key.endswith("_acc") or key in ("target_alignment", "loss", "step_time")
+
+
+def _run(run_id, status, tags, params, start_time=0) -> Run | None:
+    if "sage.dataset" not in tags or tags.get("sage.sweep_parent") == "true":
+        return None
+    envs = tags.get("sage.test_envs", "")
+    kind = tags.get("sage.kind") or ("mtl" if not envs or "aggregator.name" in params else "dg")
+    return Run(run_id, status, tags["sage.dataset"], kind, tags.get("sage.label") or tags.get("sage.method", "?"),
+               tags.get("sage.hparams_hash") or tags.get("sage.recipe_hash", run_id),
+               int(tags.get("sage.seed", "0")),
+               tuple(int(e) for e in envs.split(",") if e != "") if kind == "dg" else (),
+               tags.get("sage.sweep_id", ""), tags.get("sage.recipe_hash", ""), int(start_time or 0), params)
+
+
+def _rows(points: dict[int, dict[str, float]]) -> list[dict]:
+    return [{"step": step, **values} for step, values in sorted(points.items())]
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def from_store(uri: str, sweeps: list[str] | None = None, experiments: list[str] | None = None) -> list[Run]:
+    """The runs of the named sweeps (prefixes of their ids), or of the named MLflow experiments; with neither,
+    every sweep's runs in the store."""
+    path = _sqlite_path(uri)
+    runs = _from_sqlite(path, experiments) if path is not None else _from_client(uri, experiments)
+    if sweeps:
+        runs = [r for r in runs if any(r.sweep.startswith(s) for s in sweeps)]
+        if not runs:
+            raise UserError(f"no runs of sweep {', '.join(sweeps)} in {uri}")
+    elif not experiments:
+        runs = [r for r in runs if r.sweep]
+    return sorted(runs, key=lambda r: (r.start_time, r.run_id))
+
+
+def _from_sqlite(path: Path, experiments) -> list[Run]:
+    import sqlite3
+
+    if not path.is_file():
+        raise UserError(f"no MLflow store at {path}")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        try:
+            base = ("SELECT r.run_uuid, r.status, r.start_time FROM runs r JOIN experiments e "
+                    "ON e.experiment_id = r.experiment_id WHERE r.lifecycle_stage = 'active'")
+            if experiments:
+                known = {n for (n,) in db.execute("SELECT name FROM experiments")}
+                missing = [e for e in experiments if e not in known]
+                if missing:
+                    raise UserError(f"no experiment {missing[0]!r} in {path} (known: {', '.join(sorted(known))})")
+                marks = ",".join("?" * len(experiments))
+                found = db.execute(f"{base} AND e.name IN ({marks})", experiments).fetchall()
+            else:
+                found = db.execute(base).fetchall()
+            tags: dict[str, dict] = {}
+            for run_id, key, value in db.execute("SELECT run_uuid, key, value FROM tags WHERE key LIKE 'sage.%'"):
+                tags.setdefault(run_id, {})[key] = value
+            params: dict[str, dict] = {}
+            for run_id, key, value in db.execute("SELECT run_uuid, key, value FROM params"):
+                params.setdefault(run_id, {})[key] = value
+            runs = {}
+            for run_id, status, start in found:
+                run = _run(run_id, status, tags.get(run_id, {}), params.get(run_id, {}), start)
+                if run is not None:
+                    runs[run_id] = run
+            points: dict[str, dict[int, dict]] = {}
+            final: dict[str, dict] = {}
+            # the last value logged at each (key, step) wins: a resumed run may log a checkpoint again
+            for run_id, key, step, value in db.execute(
+                    "SELECT run_uuid, key, step, value FROM metrics ORDER BY timestamp"):
+                if run_id not in runs:
+                    continue
+                if key.startswith("final_"):
+                    final.setdefault(run_id, {})[key[6:]] = value
+                elif _wanted(key):
+                    points.setdefault(run_id, {}).setdefault(step, {})[key] = value
+        except sqlite3.OperationalError as exc:
+            raise UserError(f"{path} is not an MLflow store ({exc})") from None
+    for run_id, run in runs.items():
+        run.rows = _rows(points.get(run_id, {}))
+        run.final = final.get(run_id, {})
+    return list(runs.values())
+
+
+def _from_client(uri: str, experiments) -> list[Run]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    known = {e.name: e.experiment_id for e in client.search_experiments()}
+    if experiments:
+        missing = [e for e in experiments if e not in known]
+        if missing:
+            raise UserError(f"no experiment {missing[0]!r} in {uri} (known: {', '.join(sorted(known))})")
+    ids = [known[e] for e in experiments] if experiments else list(known.values())
+    found, token = [], None
+    while ids:
+        page = client.search_runs(ids, max_results=1000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            break
+    runs = []
+    for r in found:
+        run = _run(r.info.run_id, r.info.status, r.data.tags, r.data.params, r.info.start_time)
+        if run is not None:
+            run.final = {k[6:]: v for k, v in r.data.metrics.items() if k.startswith("final_")}
+            runs.append((run, [k for k in r.data.metrics if _wanted(k)]))
+
+    def history(item):
+        run, keys = item
+        points: dict[int, dict] = {}
+        for key in keys:
+            for m in client.get_metric_history(run.run_id, key):
+                points.setdefault(m.step, {})[key] = m.value
+        run.rows = _rows(points)
+        return run
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(history, runs))
+
+
+def from_domainbed(directory: str | Path) -> list[Run]:
+    """A DomainBed sweep output folder: one sub-folder per run with its results.jsonl (DomainBed's rows)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"--from-domainbed {directory}: not a folder")
+    runs = []
+    for sub in sorted(p for p in directory.iterdir() if (p / "results.jsonl").is_file()):
+        rows = [json.loads(line) for line in (sub / "results.jsonl").read_text().splitlines() if line.strip()]
+        if not rows:
+            continue
+        args = rows[0]["args"]
+        status = "FINISHED" if (sub / "done").exists() else "RUNNING"
+        dataset = FROM_DOMAINBED.get(args["dataset"], args["dataset"])
+        run = Run(sub.name, status, dataset, "dg", str(args["algorithm"]),
+                  f"{int(args.get('hparams_seed', 0)):08d}", int(args.get("trial_seed", 0)),
+                  tuple(int(e) for e in args["test_envs"]),
+                  params={f"hparams.{k}": str(v) for k, v in (rows[0].get("hparams") or {}).items()})
+        run.rows = sorted(({k: v for k, v in r.items() if k == "step" or _wanted(k)} for r in rows),
+                          key=lambda r: r["step"])
+        runs.append(run)
+    if not runs:
+        raise UserError(f"--from-domainbed {directory}: no sub-folder holds a results.jsonl")
+    return runs

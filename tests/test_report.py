@@ -1,0 +1,201 @@
+"""`sage report` and `sage export` on a real sqlite store of known numbers, checked against hand-computed cells."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from report_fixtures import synthetic_store
+
+from sage_cli.mtl.benchmarks import NYUV2, delta_m
+from sage_cli.report import paper
+from sage_cli.report.build import build
+from sage_cli.report.formats import to_latex
+from sage_cli.report.runs import from_domainbed, from_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sage(args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "sage_cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    return synthetic_store(path)
+
+
+def cells(data, selection, method, env):
+    found = [r for r in data["dg"] if (r["selection"], r["method"], r["test_env"]) == (selection, method, env)]
+    assert len(found) == 1, (selection, method, env)
+    return found[0]
+
+
+def sem(values):
+    m = sum(values) / len(values)
+    return 100 * math.sqrt(sum((v - m) ** 2 for v in values) / len(values)) / math.sqrt(len(values))
+
+
+@pytest.fixture(scope="module")
+def report_json(store, tmp_path_factory):
+    proc = sage(["report", "--tracking-uri", store, "--selection", "all", "--format", "json"],
+                tmp_path_factory.mktemp("cwd"))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_training_domain_selection_by_hand(report_json):
+    a0 = cells(report_json, "training", "A", 0)
+    # seed 0: h1 at step 100 (val .65 > h2's .60); seed 1: a tie at .70, DomainBed's reversed sort takes h2
+    assert a0["mean"] == pytest.approx(62.0) and a0["sem"] == pytest.approx(sem([.60, .64])) and a0["n"] == 2
+    assert cells(report_json, "training", "A", 1)["mean"] is None  # no run: X
+    assert cells(report_json, "training", "A", "avg")["mean"] is None  # X when any env is X
+    b0, b1 = cells(report_json, "training", "B", 0), cells(report_json, "training", "B", 1)
+    # the running (seed 2, env 0) and failed (seed 2, env 1) runs count for nothing
+    assert (b0["mean"], b0["n"]) == (pytest.approx(75.0), 2) and b0["sem"] == pytest.approx(sem([.7, .8]))
+    assert (b1["mean"], b1["n"]) == (pytest.approx(75.0), 2) and b1["sem"] == pytest.approx(sem([.9, .6]))
+    c0 = cells(report_json, "training", "C", 0)
+    assert c0["mean"] == pytest.approx(50.0) and c0["n"] == 1  # two equal steps: the first wins
+
+
+def test_oracle_selection_by_hand(report_json):
+    a0 = cells(report_json, "oracle", "A", 0)
+    # the last checkpoint of each candidate: seed 0 h2 (out .65 > .55) → .70; seed 1 h1 (.60 > .58) → .66
+    assert a0["mean"] == pytest.approx(68.0) and a0["sem"] == pytest.approx(sem([.70, .66]))
+
+
+def test_leave_one_domain_out_by_hand(report_json):
+    c0 = cells(report_json, "loo", "C", 0)
+    assert c0["mean"] == pytest.approx(60.0) and c0["n"] == 1  # step 100: (.6 + .8)/2 beats (.7 + .5)/2
+    assert cells(report_json, "loo", "A", 0)["mean"] is None  # A has no pair runs
+
+
+def test_not_finished_runs_are_named(report_json, store, tmp_path):
+    states = sorted(r["status"] for r in report_json["not_finished"])
+    assert states == ["FAILED", "RUNNING"]
+    proc = sage(["report", "--tracking-uri", store, "--selection", "loo"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "toy3: 2 of 13 jobs not finished: 1 failed, 1 running — see `sage status synthetic-1`" in proc.stdout
+    assert "toy3 C: LOO needs runs holding out each pair of envs; 1 of 3 pairs have no finished run ({1,2})" \
+        in " ".join(proc.stdout.split())
+
+
+def test_summary_table_as_domainbed_averages(store):
+    report = build(from_store(store), ["training"], with_figures=False)
+    summary = next(t for t in report.tables if t.key == "dg-training-summary")
+    rows = dict(summary.rows)
+    assert summary.columns == ["toy3", "Avg"]
+    # per trial seed the mean over its test envs, then mean ± sem over seeds: B (.7+.9)/2, (.8+.6)/2
+    assert rows["B"][0].mean == pytest.approx(75.0) and rows["B"][0].sem == pytest.approx(sem([.8, .7]))
+    assert rows["A"][0].mean == pytest.approx(62.0) and rows["A"][1].mean == pytest.approx(62.0)
+    detail = next(t for t in report.tables if t.key == "dg-training-toy3")
+    b = dict(detail.rows)["B"]
+    assert b[2].text() == "X" and b[-1].text() == "X"  # no env-2 run: the Avg of the env means is X too
+    assert b[0].text() == "75.0 ± 3.5" and b[1].text() == "75.0 ± 10.6"
+
+
+def test_mtl_table_means_delta_m_and_marks(report_json):
+    mtl = {(r["method"], r["metric"]): r for r in report_json["mtl"]}
+    assert mtl[("LS", "miou")]["mean"] == pytest.approx(39.5) and mtl[("LS", "miou")]["sem"] == pytest.approx(0.35355, abs=1e-4)
+    means = {m: mtl[("SAGE-LS", m)]["mean"] for m in NYUV2.metrics}
+    assert mtl[("SAGE-LS", "delta_m")]["mean"] == pytest.approx(
+        delta_m([means[m] for m in NYUV2.metrics], NYUV2.stl, NYUV2.higher_is_better))
+    assert means["abs"] == pytest.approx(0.575)
+    assert mtl[("SAGE-LS", "miou")]["mark"] == "+"  # higher mIoU than LS
+    assert mtl[("SAGE-LS", "abs")]["mark"] == "-"  # a larger depth error
+    assert mtl[("SAGE-LS", "pixacc")]["mark"] == "±"  # 65.0005 and 65.00 print alike
+    assert "mark" not in mtl[("LS", "miou")]
+
+
+def test_every_format_and_figure(store, tmp_path):
+    proc = sage(["report", "--tracking-uri", store, "--selection", "all", "--with-paper", "--out", str(tmp_path / "r")],
+                tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "r"
+    for name in ("report.txt", "report.md", "report.tex", "report.csv", "report.json", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "tables" / "dg-training-toy3.csv").read_text().splitlines()[0].startswith("method,env0,env0 sem,env0 n")
+    tex = (out / "report.tex").read_text()
+    assert "\\toprule" in tex and "\\textbf{" in tex and "\\underline{" in tex and "$\\pm$" in tex
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "http" not in html.replace("http-equiv", "")  # self-contained
+    data = json.loads((out / "report.json").read_text())
+    assert {f["method"] for f in data["paper_check"]} >= {"FISH", "IMTL-G", "SAGE-LS"}
+
+
+def test_latex_bolds_the_best_and_underlines_the_second(store):
+    report = build(from_store(store), ["training"], with_figures=False)
+    detail = next(t for t in report.tables if t.key == "dg-training-toy3")
+    line_b = next(line for line in to_latex(report).splitlines() if line.startswith("B &"))
+    line_a = next(line for line in to_latex(report).splitlines() if line.startswith("A &"))
+    assert "\\textbf{75.0 $\\pm$ 3.5}" in line_b and "\\underline{62.0 $\\pm$ 1.4}" in line_a
+    assert detail.ranks(0) == {1: 1, 0: 2}
+
+
+def test_the_papers_own_tables_check_out_but_where_they_do_not():
+    flagged = {(f.table, f.method, f.what) for f in paper.flagged()}
+    sage_rows = {"SAGE-LS", "SAGE-MGDA", "SAGE-FairGrad", "SAGE-SAMO-LS", "SAGE-SAMO-MGDA", "SAGE-SAMO-FairGrad"}
+    expected = {("2", "IMTL-G", "nyuv2 Δm%"), ("1", "FISH", "Avg"), ("1", "SAGM", "Avg")}
+    expected |= {("2", m, f"{d} Δm%") for m in sage_rows for d in ("nyuv2", "cityscapes")}
+    assert flagged == expected
+    sagm = next(f for f in paper.flagged() if f.method == "SAGM")
+    assert "no DomainNet value" in sagm.note
+    fish = next(f for f in paper.flagged() if f.method == "FISH")
+    assert (fish.stated, round(fish.recomputed, 2)) == (75.0, 76.34)
+    assert len(paper.consistency()) == 17 + 2 * 24
+
+
+def test_with_paper_puts_the_papers_rows_beside_ours(store):
+    report = build(from_store(store), ["training"], with_paper=True, with_figures=False)
+    nyu = next(t for t in report.tables if t.key == "mtl-nyuv2")
+    paper_rows = dict(nyu.paper)
+    assert paper_rows["SAGE-LS"][0].mean == 39.67 and paper_rows["LS"][-1].mean == 5.59
+    assert any(n.startswith("paper check: Table 1, FISH Avg") for n in report.notes)
+
+
+def test_export_to_domainbed_and_back_gives_the_same_cells(store, tmp_path):
+    proc = sage(["export", "--domainbed", str(tmp_path / "db"), "--tracking-uri", store], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    folders = sorted((tmp_path / "db").iterdir())
+    assert len(folders) == 11  # the finished DG runs: A 4, B 4, C 3 (not the failed, running or MTL ones)
+    assert all((f / "done").exists() and (f / "results.jsonl").exists() for f in folders)
+    row = json.loads((folders[0] / "results.jsonl").read_text().splitlines()[0])
+    assert set(row["args"]) >= {"dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed", "seed",
+                                "holdout_fraction"}
+    assert {"step", "epoch", "loss", "step_time", "hparams", "env0_in_acc", "env2_out_acc"} <= set(row)
+    ours = build(from_store(store), ["training", "oracle", "loo"], with_figures=False).data["dg"]
+    back = build(from_domainbed(tmp_path / "db"), ["training", "oracle", "loo"], with_figures=False).data["dg"]
+    key = lambda r: (r["selection"], r["method"], str(r["test_env"]))  # noqa: E731
+    assert sorted(back, key=key) == sorted(ours, key=key)
+
+
+def test_report_bad_input_is_one_line(store, tmp_path):
+    for args, message in [(["--selection", "best"], "--selection 'best'"), (["--format", "pdf"], "--format 'pdf'"),
+                          (["nosuchsweep"], "no runs of sweep nosuchsweep"),
+                          (["--experiment", "nope"], "no experiment 'nope'")]:
+        proc = sage(["report", "--tracking-uri", store, *args], tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = sage(["report", "--from-domainbed", str(tmp_path / "missing")], tmp_path)
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+
+
+def test_from_domainbed_reads_domainbeds_own_rows(tmp_path):
+    run = tmp_path / "db" / "a1"
+    run.mkdir(parents=True)
+    rows = [{"args": {"dataset": "PACS", "algorithm": "ERM", "test_envs": [0], "trial_seed": 0, "hparams_seed": 0},
+             "step": s, **{f"env{i}_{k}_acc": v for i in range(4) for k in ("in", "out")}, "env0_in_acc": t}
+            for s, v, t in [(0, .5, .4), (300, .6, .7)]]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "done").touch()
+    runs = from_domainbed(tmp_path / "db")
+    assert runs[0].dataset == "pacs" and runs[0].label == "ERM"
+    report = build(runs, ["training"], with_figures=False)
+    detail = next(t for t in report.tables if t.key == "dg-training-pacs")
+    assert detail.columns[:4] == ["art_painting", "cartoon", "photo", "sketch"]
+    assert dict(detail.rows)["ERM"][0].mean == pytest.approx(70.0)
