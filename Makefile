@@ -28,8 +28,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
 	$(BIN)/python bench/mtl_step_ratio.py
+	$(BIN)/python bench/report_speed.py
 
-# every DG objective and optimizer on RotatedDigits, 3 seeds (about 20 minutes on 2 cores)
+# every DG objective and optimizer on RotatedDigits, 3 seeds, through sage sweep + sage report (about 20 minutes)
 bench-methods: $(STAMP)
 	$(BIN)/python bench/methods_table.py
 

@@ -1,50 +1,40 @@
 """Every Table 2 row (experiments/table2_mtl.yaml) on the embedded MTL quickstart (two digits side by side):
-mean accuracy over the last ``report_epochs`` epochs and seconds per run, as a markdown table.
+an experiment run by `sage sweep` and tabled by `sage report` (mean accuracy over the last ``report_epochs``
+epochs, mean ± s.e. over seeds).
 
-    python bench/mtl_table.py [--seeds 0] [--only LS SAMO-LS]
+    python bench/mtl_table.py [--seeds 0] [--only LS SAMO-LS] [--max-parallel 2] [--dir D]
 
-Runs in-process (no MLflow). The rows' own settings apply (SAMO's and F-MTL's ρ); SAGE rows keep the
-quickstart's ρ and γ.
+The rows' own settings apply (SAMO's and F-MTL's ρ); SAGE rows keep the quickstart's ρ and γ.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sage_cli.mtl.train import final_average, train_mtl  # noqa: E402
-from sage_cli.recipe import load_recipe  # noqa: E402
+from bench.sweep_report import sweep_and_report  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    parser.add_argument("--max-parallel", type=int, default=2)
+    parser.add_argument("--dir", type=Path, help="where the store and sweep folders go (default: a temp folder)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    rows = yaml.safe_load((ROOT / "experiments" / "table2_mtl.yaml").read_text())["methods"]
+    methods = yaml.safe_load((ROOT / "experiments" / "table2_mtl.yaml").read_text())["methods"]
     if args.only:
-        rows = {name: values for name, values in rows.items() if name in args.only}
-    print(f"| solver | mean acc (%) | seconds/run |  mtl_quickstart, seeds {args.seeds}")
-    print("|---|---|---|")
-    for name, values in rows.items():
-        accs, t0 = [], time.perf_counter()
-        for seed in args.seeds:
-            recipe = load_recipe(ROOT / "recipes" / "mtl_quickstart.yaml", {**values, "training.seed": seed})
-            history = train_mtl(recipe).history
-            accs.append(final_average(history, "mean_acc", recipe.training.report_epochs))
-        per_run = (time.perf_counter() - t0) / len(args.seeds)
-        spread = f" ± {statistics.stdev(accs) / len(accs) ** 0.5:.2f}" if len(accs) > 1 else ""
-        print(f"| {name} | {statistics.mean(accs):.2f}{spread} | {per_run:.0f} |", flush=True)
+        methods = {name: values for name, values in methods.items() if name in args.only}
+    spec = {"recipes": [str(ROOT / "recipes" / "mtl_quickstart.yaml")], "methods": methods, "seeds": args.seeds}
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="bench-mtl-"))
+    print(sweep_and_report("bench_mtl", spec, workdir, args.max_parallel, ["--format", "md"]))
 
 
 if __name__ == "__main__":

@@ -223,3 +223,17 @@ def test_implementations_default_to_their_settings_defaults():
         assert set(own) <= set(signature), settings.method
         for key, value in own.items():
             assert signature[key].default == value, (settings.implementation, key)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_a_resolved_recipe_loads_back_as_itself(path, tmp_path):
+    """A sweep writes each job's resolved recipe (every field) and the job loads it: same recipe, same identity."""
+    import json
+
+    recipe = load_recipe(path, {"objective.hparams.lambda": 3, "objective.name": "irm"} if "quickstart" == path.stem
+                         else None)
+    for dumped in (recipe.model_dump(mode="json"), recipe.model_dump(mode="json", by_alias=True)):
+        job = tmp_path / "job.json"
+        job.write_text(json.dumps(dumped))
+        again = load_recipe(job)
+        assert again.hash() == recipe.hash() and again.label == recipe.label

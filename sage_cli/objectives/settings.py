@@ -33,8 +33,9 @@ class Objective(Choice):
 
 @OBJECTIVES.register
 class ERM(Objective):
-    """Empirical risk minimisation: each env's mean cross-entropy."""
+    """Empirical risk minimisation: each env's mean cross-entropy (MTL: the task losses as they are)."""
 
+    fits: ClassVar[tuple[str, ...]] = ("dg", "mtl")
     name: Literal["erm"] = "erm"
     implementation: ClassVar[str] = "sage_cli.objectives.base:ERM"
 
