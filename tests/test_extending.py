@@ -1,5 +1,5 @@
-"""CONTRIBUTING.md's promise: an optimizer, an objective, an MTL aggregator and a dataset are each one class
-(or module) plus its registration. Each is registered here, from this file alone, and trained."""
+"""CONTRIBUTING.md's promise: an optimizer, an objective, an MTL aggregator, a dataset and a report table are
+each one class (or function) plus its registration. Each is registered here, from this file alone, and used."""
 
 from typing import ClassVar, Literal
 
@@ -150,3 +150,27 @@ def test_a_dataset_registered_from_outside_trains(registered, tmp_path):
     assert result.data.env_names == ["a", "b", "c"] and "env2_in_acc" in result.history[-1].metrics
     with pytest.raises(Exception, match="test env 3 is out of range: toy_blobs has envs 0..2"):
         load_recipe(QUICKSTART, {"dataset.name": "toy_blobs", "dataset.test_envs": [3]})
+
+
+def test_a_report_table_registered_from_outside_is_in_every_format(tmp_path):
+    from report_fixtures import synthetic_store
+
+    from sage_cli.report.build import TABLES, build
+    from sage_cli.report.formats import to_latex, to_markdown
+    from sage_cli.report.runs import from_store
+    from sage_cli.report.tables import Cell, Table
+
+    def finished_count(runs, selection):
+        table = Table(f"count-{selection}", "finished runs per row", ["runs"])
+        for label in dict.fromkeys(r.label for r in runs):
+            table.rows.append((label, [Cell(sum(r.label == label and r.status == "FINISHED" for r in runs))]))
+        return [table]
+
+    TABLES.register(finished_count, name="toy_count")
+    try:
+        report = build(from_store(synthetic_store(tmp_path / "mlflow.db")), ["training"], with_figures=False)
+    finally:
+        TABLES.unregister("toy_count")
+    table = next(t for t in report.tables if t.key == "count-training")
+    assert dict(table.rows)["B"][0].mean == 4  # two of B's six runs did not finish
+    assert "finished runs per row" in to_markdown(report) and "finished runs per row" in to_latex(report)

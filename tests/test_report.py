@@ -76,12 +76,22 @@ def test_leave_one_domain_out_by_hand(report_json):
     assert cells(report_json, "loo", "A", 0)["mean"] is None  # A has no pair runs
 
 
-def test_not_finished_runs_are_named(report_json, store, tmp_path):
+def test_not_finished_runs_are_named(report_json, store, tmp_path, monkeypatch):
     states = sorted(r["status"] for r in report_json["not_finished"])
     assert states == ["FAILED", "RUNNING"]
+    # the sweep's folder names one more job, which never started
+    from sage_cli.launch.state import JobRecord, SweepState
+
+    monkeypatch.setenv("SAGE_SWEEPS", str(tmp_path / "sweeps"))
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"dataset": {"name": "toy3"}}))
+    SweepState("synthetic-1", "synthetic", store, "synthetic",
+               jobs={"unstarted": JobRecord("unstarted", "A seed=2", str(job), "local")}).save()
+    monkeypatch.delenv("SAGE_SWEEPS")
     proc = sage(["report", "--tracking-uri", store, "--selection", "loo"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "toy3: 2 of 13 jobs not finished: 1 failed, 1 running — see `sage status synthetic-1`" in proc.stdout
+    assert "toy3: 3 of 14 jobs not finished: 1 failed, 1 running, 1 not started — see `sage status synthetic-1`" \
+        in " ".join(proc.stdout.split())
     assert "toy3 C: LOO needs runs holding out each pair of envs; 1 of 3 pairs have no finished run ({1,2})" \
         in " ".join(proc.stdout.split())
 

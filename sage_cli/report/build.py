@@ -6,6 +6,7 @@ from collections import Counter
 from itertools import combinations
 from pathlib import Path
 
+from ..registry import Registry
 from . import ablation, figures, paper
 from .dg import dg_tables, known_envs
 from .formats import FORMATS, Report, render, table_csv, to_text
@@ -13,20 +14,55 @@ from .mtl import COLUMNS, mtl_tables
 from .runs import Run
 from .tables import Cell, Table
 
+# per-selection tables beyond Table 1's: (DG runs, selection) -> [Table]; their figure, if any: Table -> Figure
+TABLES = Registry("report table", {"grid": ablation.grid_tables, "components": ablation.components_tables})
+FIGURES = {"grid": figures.heatmap, "components": figures.bars}
 
-def not_finished(runs: list[Run], dataset: str, sweeps: list[str]) -> tuple[str, list[dict]]:
-    """One line naming the runs of ``dataset`` that are not FINISHED, and their JSON records."""
+
+def unstarted_jobs(runs: list[Run], sweeps: list[str]) -> list[dict]:
+    """Jobs of the sweeps (where their folder is on this machine) that have no run in the store yet."""
+    import json
+
+    from ..launch.state import SweepState
+
+    have = {r.recipe_hash for r in runs}
+    out = []
+    for sweep in sweeps:
+        try:
+            state = SweepState.load(sweep)
+        except Exception:  # the sweep folder is elsewhere (another machine, another SAGE_SWEEPS)
+            continue
+        for job in state.jobs.values():
+            if job.hash in have:
+                continue
+            try:
+                recipe = json.loads(Path(job.recipe_path).read_text())
+                dataset = recipe["dataset"]["name"]
+            except (OSError, ValueError, KeyError):
+                continue
+            out.append({"run_id": None, "status": "NOT_STARTED", "dataset": dataset, "method": job.label,
+                        "recipe_hash": job.hash, "sweep": state.id})
+    return out
+
+
+def not_finished(runs: list[Run], dataset: str, sweeps: list[str], unstarted=()) -> tuple[str, list[dict]]:
+    """One line counting the jobs of ``dataset`` that are not FINISHED (failed, running, not started, …), and
+    their JSON records."""
     mine = [r for r in runs if r.dataset == dataset]
+    waiting = [j for j in unstarted if j["dataset"] == dataset]
     left = [r for r in mine if r.status != "FINISHED"]
-    if not left:
+    if not left and not waiting:
         return "", []
-    counts = Counter({"FAILED": "failed", "RUNNING": "running", "KILLED": "killed", "SCHEDULED": "queued"}
-                     .get(r.status, r.status.lower()) for r in left)
+    words = {"FAILED": "failed", "RUNNING": "running", "KILLED": "killed", "SCHEDULED": "queued"}
+    counts = Counter(words.get(r.status, r.status.lower()) for r in left)
+    if waiting:
+        counts["not started"] = len(waiting)
     what = ", ".join(f"{n} {s}" for s, n in counts.most_common())
     see = f" — see `sage status {sweeps[0]}`" if len(sweeps) == 1 else ""
     records = [{"run_id": r.run_id, "status": r.status, "dataset": r.dataset, "method": r.label,
                 "test_envs": list(r.test_envs), "trial_seed": r.trial_seed, "sweep": r.sweep} for r in left]
-    return f"{dataset}: {len(left)} of {len(mine)} jobs not finished: {what}{see}", records
+    total = len(mine) + len(waiting)
+    return f"{dataset}: {len(left) + len(waiting)} of {total} jobs not finished: {what}{see}", records + waiting
 
 
 def loo_gaps(runs: list[Run]) -> list[str]:
@@ -70,8 +106,9 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
     report = Report(f"sage report · {source}" if source else "sage report")
     data: dict = {"dg": [], "mtl": [], "not_finished": [], "source": source,
                   "selections": selections, "runs": len(runs)}
-    for dataset in dict.fromkeys(r.dataset for r in runs):
-        line, records = not_finished(runs, dataset, sweeps)
+    unstarted = unstarted_jobs(runs, sweeps)
+    for dataset in dict.fromkeys([*(r.dataset for r in runs), *(j["dataset"] for j in unstarted)]):
+        line, records = not_finished(runs, dataset, sweeps, unstarted)
         if line:
             report.notes.append(line)
             data["not_finished"] += records
@@ -87,14 +124,11 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
                 t.notes.append("no finished run gives a value under this selection"
                                + (": see the LOO note below" if selection == "loo" else ""))
         report.tables += tables
-        for table in ablation.grid_tables(dg, selection):
-            report.tables.append(table)
-            if with_figures:
-                report.figures.append(figures.heatmap(table))
-        for table in ablation.components_tables(dg, selection):
-            report.tables.append(table)
-            if with_figures:
-                report.figures.append(figures.bars(table))
+        for name in TABLES.names():
+            for table in TABLES.get(name)(dg, selection):
+                report.tables.append(table)
+                if with_figures and name in FIGURES:
+                    report.figures.append(FIGURES[name](table))
     if "loo" in selections:
         report.notes += loo_gaps(dg)
     mtl = [r for r in runs if r.kind == "mtl"]
