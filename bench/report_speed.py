@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,26 +63,12 @@ def main() -> None:
         print(f"sage report --selection all --out (every format and figure, sqlite): {seconds:.2f} s")
         if args.no_server:
             return
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
-        try:
-            for _ in range(120):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            seconds, proc = timed(["report", "--tracking-uri", f"http://127.0.0.1:{port}", "--selection", "all",
-                                   "--format", "json"], tmp)
-            assert proc.returncode == 0, proc.stderr
-            print(f"sage report --selection all --format json (mlflow server on 127.0.0.1): {seconds:.2f} s")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        from report_fixtures import mlflow_server
+
+        with mlflow_server(uri, tmp, workers=2) as url:
+            seconds, proc = timed(["report", "--tracking-uri", url, "--selection", "all", "--format", "json"], tmp)
+        assert proc.returncode == 0, proc.stderr
+        print(f"sage report --selection all --format json (mlflow server on 127.0.0.1): {seconds:.2f} s")
 
 
 if __name__ == "__main__":

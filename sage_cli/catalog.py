@@ -8,10 +8,10 @@ implementation module plus its settings class (see CONTRIBUTING.md).
 
 from __future__ import annotations
 
-from .mtl.settings import AGGREGATORS
-from .objectives.settings import OBJECTIVES
-from .optim.methods import METHODS
 from .registry import Entry, Registry
+from .settings.aggregators import AGGREGATORS
+from .settings.methods import METHODS
+from .settings.objectives import OBJECTIVES
 
 __all__ = ["AGGREGATORS", "DATASETS", "METHODS", "MODELS", "OBJECTIVES", "PROTOCOLS", "dataset_kind"]
 

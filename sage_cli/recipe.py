@@ -24,9 +24,6 @@ from pydantic_core import PydanticCustomError
 
 from .catalog import AGGREGATORS, DATASETS, METHODS, MODELS, OBJECTIVES
 from .errors import UserError
-from .mtl.settings import Aggregator
-from .objectives.settings import Objective
-from .optim.methods import Method
 from .registry import Registry, did_you_mean
 from .sections import (  # the plain sections, re-exported: the recipe's own schema
     DG_ONLY_DATASET,
@@ -40,6 +37,9 @@ from .sections import (  # the plain sections, re-exported: the recipe's own sch
     TrainingConfig,
 )
 from .settings import Choice, Section, non_defaults
+from .settings.aggregators import Aggregator
+from .settings.methods import Method
+from .settings.objectives import Objective
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,4 +1,11 @@
-"""A real MLflow sqlite store filled with runs of known numbers, in the tags and metrics sage runs log."""
+"""A real MLflow sqlite store filled with runs of known numbers, in the tags and metrics sage runs log, and a
+real `mlflow server` over it."""
+
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -78,3 +85,25 @@ def synthetic_store(path):
 def _nyu(miou, pixacc, abs_err):
     return {"miou": miou, "pixacc": pixacc, "abs": abs_err, "rel": 0.22, "mean": 27.0, "median": 23.0,
             "within_11.25": 22.0, "within_22.5": 48.0, "within_30": 62.0}
+
+
+@contextmanager
+def mlflow_server(store_uri: str, cwd, workers: int = 1):
+    """A real `mlflow server` on a free 127.0.0.1 port over ``store_uri``; yields its URL, stops it after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri, "--host",
+                               "127.0.0.1", "--port", str(port), "--workers", str(workers)], cwd=cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

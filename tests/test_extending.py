@@ -11,14 +11,14 @@ from pydantic import Field
 from sage_cli.catalog import AGGREGATORS, DATASETS, METHODS, OBJECTIVES
 from sage_cli.data.splits import TensorEnv
 from sage_cli.mtl.aggregators.base import LossWeighting
-from sage_cli.mtl.settings import Aggregator
 from sage_cli.objectives.base import Objective, concat_forward
-from sage_cli.objectives.settings import Hparams
-from sage_cli.objectives.settings import Objective as ObjectiveSettings
 from sage_cli.optim.base import SinglePassOptimizer
-from sage_cli.optim.methods import Method
 from sage_cli.recipe import load_recipe
 from sage_cli.registry import Entry
+from sage_cli.settings.aggregators import Aggregator
+from sage_cli.settings.methods import Method
+from sage_cli.settings.objectives import Hparams
+from sage_cli.settings.objectives import Objective as ObjectiveSettings
 
 QUICKSTART = "recipes/quickstart.yaml"
 FAST = {"training.steps": 3, "training.checkpoint_freq": 2, "training.batch_size": 8}

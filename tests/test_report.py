@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from report_fixtures import synthetic_store
+from report_fixtures import mlflow_server, synthetic_store
 
 from sage_cli.mtl.benchmarks import NYUV2, delta_m
 from sage_cli.report import paper
@@ -212,29 +212,10 @@ def test_from_domainbed_reads_domainbeds_own_rows(tmp_path):
 
 
 def test_a_report_through_an_mlflow_server_equals_the_sqlite_one(store, report_json, tmp_path):
-    import socket
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
-                               "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(120):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        proc = sage(["report", "--tracking-uri", f"http://127.0.0.1:{port}", "--selection", "all", "--format", "json"],
-                    tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        served = json.loads(proc.stdout)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with mlflow_server(store, tmp_path) as url:
+        proc = sage(["report", "--tracking-uri", url, "--selection", "all", "--format", "json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    served = json.loads(proc.stdout)
     key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
     for part in ("dg", "mtl"):
         assert sorted(served[part], key=key) == sorted(report_json[part], key=key)

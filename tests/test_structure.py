@@ -80,6 +80,23 @@ def test_no_import_cycle_between_sage_modules():
     assert _cycle(import_graph()) is None
 
 
+def package_graph(graph) -> dict[str, set[str]]:
+    """The same graph between sage_cli's packages and top-level modules (sage_cli.mtl.train → ``mtl``)."""
+    def top(module):
+        return module.split(".")[1] if module.count(".") else module
+
+    out: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        out.setdefault(top(module), set()).update(top(d) for d in deps if top(d) != top(module))
+    return out
+
+
+def test_no_import_cycle_between_sage_packages():
+    packages = package_graph(import_graph())
+    assert {"mtl", "train", "catalog", "recipe", "settings"} <= set(packages)
+    assert _cycle(packages) is None
+
+
 def test_mtl_uses_train_and_never_the_reverse():
     graph = import_graph()
     train_to_mtl = {(m, d) for m, deps in graph.items() if m.startswith("sage_cli.train")

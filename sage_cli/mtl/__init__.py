@@ -1,12 +1,12 @@
 """Multi-task learning: data (NYU-v2, Cityscapes, embedded benchmarks), MTAN, losses, metrics, Δm, and the
-aggregators that combine per-task gradients (SAGE composes with any of them). ``settings.py`` holds the
-aggregators' settings and registry, torch-free; everything else imports torch."""
+aggregators that combine per-task gradients (SAGE composes with any of them). Their settings and registry are
+in ``sage_cli/settings/aggregators.py``; ``benchmarks.py`` (Δm and the STL references) is torch-free."""
 
 from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"CITYSCAPES": "benchmarks", "NYUV2": "benchmarks", "delta_m": "benchmarks", "AGGREGATORS": "settings"}
+_EXPORTS = {"CITYSCAPES": "benchmarks", "NYUV2": "benchmarks", "delta_m": "benchmarks"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -1,4 +1,4 @@
-"""DG objectives, one short module each; their settings and registration in ``settings.py``.
+"""DG objectives, one short module each; their settings and registration in ``sage_cli/settings/objectives.py``.
 
 An objective turns one step's per-env batches into the K per-env losses the optimizer sees. All envs go
 through one forward over their concatenation (Alg. 1, line 4). A penalty shared by all envs (VREx's
@@ -6,4 +6,4 @@ variance, CORAL's covariance gaps, …) is added to every env's loss, so the wei
 the objective's total loss and any optimizer (Adam, SAM, SAGE, …) can minimise it.
 """
 
-from .settings import OBJECTIVES  # noqa: E402,F401  (torch-free)
+from ..settings.objectives import OBJECTIVES  # noqa: E402,F401  (torch-free)

@@ -23,12 +23,12 @@ def env_weights(losses_like: list, weights) -> torch.Tensor:
 
 class Objective:
     """Base: no state, no extra parameters. ``cfg`` is the recipe's ``objective:`` section (its settings
-    class in ``settings.py``, where the defaults are); without one, the defaults of the entry ``name``."""
+    class in ``settings/objectives.py``, where the defaults are); without one, the defaults of the entry ``name``."""
 
     name = "erm"
 
     def __init__(self, model, n_envs: int, cfg=None, n_classes: int | None = None):
-        from .settings import OBJECTIVES
+        from ..settings.objectives import OBJECTIVES
 
         self.n_envs, self.n_classes = n_envs, n_classes
         cfg = cfg if cfg is not None else OBJECTIVES.get(self.name)()

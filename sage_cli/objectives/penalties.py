@@ -1,6 +1,6 @@
 """Invariance penalties added to ERM: IRM, VREx (per-env risks), MMD and CORAL (feature distributions).
 
-Hyper-parameters follow DomainBed's defaults (``settings.py``); a recipe sets them under ``objective.hparams``.
+Hyper-parameters follow DomainBed's defaults (``settings/objectives.py``); a recipe sets them under ``objective.hparams``.
 """
 
 from __future__ import annotations

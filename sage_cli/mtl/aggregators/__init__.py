@@ -1,7 +1,7 @@
 """The MTL solvers of Table 2, one short module each, in two kinds (``base.py``): loss weightings
 (``ls``, ``stl``, ``si``, ``rlw``, ``dwa``, ``uw``, ``famo``) and gradient aggregators (``mgda``, ``pcgrad``,
 ``imtlg``, ``cagrad``, ``fairgrad``, ``graddrop``, ``nashmtl``, ``moco``). Their settings and registration are
-in ``mtl/settings.py``. Names resolve on first use.
+in ``settings/aggregators.py``. Names resolve on first use.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from ...optim.grads import flatten, grads_of, per_distribution_grads
 
 
 def setting(cfg, name):
-    """A setting from the aggregator's ``cfg``, else its default (``mtl/settings.py``, where each name is
+    """A setting from the aggregator's ``cfg``, else its default (``settings/aggregators.py``, where each name is
     unique across aggregators)."""
     if cfg is not None and hasattr(cfg, name):
         return getattr(cfg, name)
-    from ..settings import AGGREGATORS
+    from ...settings.aggregators import AGGREGATORS
 
     return next(AGGREGATORS.get(n).model_fields[name].default for n in AGGREGATORS.names()
                 if name in AGGREGATORS.get(n).model_fields)

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field
 
 from ..registry import Registry, resolve
-from ..settings import Choice, Section
+from . import Choice, Section
 
 OBJECTIVES = Registry("objective")
 

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ..registry import Registry
-from ..settings import Choice, non_defaults
+from . import Choice, non_defaults
 
 METHODS = Registry("optimizer method")
 
@@ -225,8 +225,8 @@ class Muon(Method):
     ns_steps: int = Field(5, ge=1)
 
     def build(self, params, model=None, seed=None):
-        from .base import SinglePassOptimizer
-        from .muon import MuonWithAdam
+        from ..optim.base import SinglePassOptimizer
+        from ..optim.muon import MuonWithAdam
 
         return SinglePassOptimizer(params, MuonWithAdam, model=model, lr=self.lr, weight_decay=self.weight_decay,
                                    ns_steps=self.ns_steps)

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ..registry import Registry, resolve
-from ..settings import Choice
+from . import Choice
 
 AGGREGATORS = Registry("aggregator")
 
