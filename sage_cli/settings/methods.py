@@ -2,7 +2,7 @@
 
 One class per method, holding only what that method reads, with its defaults defined here once (the radius
 of each method is its paper's: SAGE at the paper's DG value, App. E). The implementations live in one module
-each (``sage.py``, ``sam.py``, …) and are imported by ``build`` only, so checking a recipe never imports
+each in ``sage_cli/optim/`` (``sage.py``, ``sam.py``, …) and are imported by ``build`` only, so checking a recipe never imports
 torch. The method's settings go into the optimizer's param groups, so a group may override ρ (or γ) as it
 would torch's own ``lr``.
 """
