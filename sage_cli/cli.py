@@ -79,16 +79,26 @@ def validate(
     typer.echo(f"# ok: {recipe} · hash {resolved.hash()}")
 
 
-@app.command()
+datasets_app = typer.Typer(help="Which datasets are under the data root; `sage datasets download` fetches them.",
+                            no_args_is_help=False, rich_markup_mode=None)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.callback(invoke_without_command=True)
 def datasets(
+    ctx: typer.Context,
     root: Optional[Path] = typer.Option(None, "--root", help="Data root (default: $SAGE_DATA)."),
     verify: bool = typer.Option(False, "--verify", help="Open every image to find unreadable ones (slow)."),
 ):
-    """Which DomainBed datasets are present under the data root, with env, class and image counts."""
+    """Which datasets (DomainBed's five, NYU-v2, Cityscapes) are under the data root, with env, class and
+    image counts, and the command that fetches each missing one."""
+    if ctx.invoked_subcommand:
+        return
     from rich.console import Console
     from rich.table import Table
 
     from .data.domainbed import data_root
+    from .data.download import fetch_command
     from .data.inspect import inspect_root
 
     try:
@@ -105,11 +115,65 @@ def datasets(
         table.add_row(r.name, status, str(len(r.envs)) if r.present else "", str(sum(r.envs.values())) if r.present else "",
                       classes if r.present else "", str(len(r.problems)) if r.problems else "")
     Console().print(table)
-    for r in reports:  # whole lines, never wrapped, so names and paths can be copied
+    for r in reports:  # whole lines, never wrapped, so names, paths and commands can be copied
         if r.present:
             typer.echo(f"{r.name}: " + " · ".join(f"{env} {n}" for env, n in r.envs.items()))
+        else:
+            typer.echo(f"{r.name}: not found; fetch it with: {fetch_command(r.name, base)}")
         for problem in r.problems:
             typer.echo(f"{r.name}: {problem}")
+
+
+@datasets_app.command("download")
+def datasets_download(
+    names: List[str] = typer.Argument(..., help="Datasets: pacs vlcs officehome terraincognita domainnet nyuv2 "
+                                                "cityscapes."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Data root, created if missing (default: $SAGE_DATA)."),
+    force: bool = typer.Option(False, "--force", help="Replace a dataset folder that is there but incomplete."),
+    keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep the archives after extracting them."),
+):
+    """Fetch datasets from the sources DomainBed's and MTAN's scripts use, into the layout `sage datasets`
+    checks: resumable, checked, and moved into place only when complete (run it again to resume)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from .data import download as dl
+    from .data.domainbed import data_root
+
+    console = Console()
+    try:
+        base = data_root(str(root) if root else None, must_exist=False)
+        todo = []
+        for p in dl.plan(names):
+            state = dl.status_of(base, p.name) if base.is_dir() else "absent"
+            if state == "complete":
+                typer.echo(f"{p.name}: complete at {base / p.source.directory}; skipped")
+            elif state == "absent" or force:
+                todo.append(p)
+            else:
+                raise UserError(f"{p.name}: {base / p.source.directory} is there but incomplete ({state}); pass "
+                                "--force to replace it")
+        if not todo:
+            return
+        dl.writable_root(base)
+        dl.check_space(base, todo)
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn())
+        for p in todo:
+            with Progress(*columns, console=console) as progress:
+                final = dl.install(base, p, progress, notice=console.print, keep_archives=keep_archives)
+            typer.echo(f"{p.name}: installed at {final}")
+    except UserError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to resume the download", code=130)
 
 
 def _split(values: str | None, cast=float, name: str = "") -> list | None:

@@ -47,7 +47,7 @@ DG_ONLY_DATASET = ("test_envs", "holdout_fraction", "image_size", "corrupt_image
 
 class BackboneConfig(Section):
     name: str = "small_cnn"
-    pretrained: str | None = None  # open_clip tag or a local weights file; null = random init
+    pretrained: str | None = None  # a tag (open_clip's, or torchvision's for resnet50) or a weights file; null = random init
     model: str | None = None  # open_clip architecture (clip): ViT-B-16 by default
     head: Literal["linear", "zeroshot"] = "linear"
     prompt: str = "a photo of a {c}."

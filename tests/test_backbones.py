@@ -54,7 +54,7 @@ def test_zero_shot_head_is_clip_text_classifier(pacs):
 
 
 def test_clip_weights_missing_offline_is_a_clear_error():
-    with pytest.raises(UserError, match="not available offline"):
+    with pytest.raises(UserError, match="'openai' is not an open_clip tag for ViT-Tiny-16"):
         MODELS.get("clip")((3, 32, 32), 3, BackboneConfig(name="clip", model="ViT-Tiny-16", pretrained="openai"))
     with pytest.raises(UserError, match="does not exist"):
         MODELS.get("clip")((3, 32, 32), 3, BackboneConfig(name="clip", model="ViT-Tiny-16", pretrained="/nope/w.pt"))

@@ -32,7 +32,9 @@ def test_datasets_command_lists_all_five_layouts(root):
     for name in SPECS:
         assert name in result.output
     assert "officehome: Art 12 · Clipart 12 · Product 12 · Real World 12" in result.output  # env with a space
-    assert result.output.count(" ok ") == 5 and "not found" not in result.output
+    assert result.output.count(" ok ") == 5
+    assert not [line for line in result.output.splitlines() if "not found" in line and line.split(":")[0] in SPECS]
+    assert f"nyuv2: not found; fetch it with: sage datasets download nyuv2 --root {root}" in result.output
 
 
 def test_datasets_command_needs_a_root(monkeypatch, tmp_path):

@@ -1,4 +1,5 @@
-"""``sage datasets``: what is on disk under a data root, and what is wrong where."""
+"""``sage datasets``: what is on disk under a data root (DomainBed's folders, the MTL ``.npy`` layouts), and
+what is wrong where."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .domainbed import SPECS, scan, verify_images
+from .layouts import DENSE, SPLITS, check_split
 
 
 @dataclass
@@ -23,9 +25,12 @@ class DatasetReport:
         return self.present and not self.problems
 
 
-def inspect_root(root: Path, verify: bool = False) -> list[DatasetReport]:
+def inspect_root(root: Path, verify: bool = False, names=None) -> list[DatasetReport]:
+    """One report per dataset (those in ``names``, or all)."""
     reports = []
     for name, spec in SPECS.items():
+        if names is not None and name not in names:
+            continue
         base = root / spec.directory
         report = DatasetReport(name, base, base.is_dir(), expected_classes=spec.n_classes)
         if report.present:
@@ -37,4 +42,18 @@ def inspect_root(root: Path, verify: bool = False) -> list[DatasetReport]:
                 for env_samples in found.samples:
                     report.problems += [f"unreadable image {p}" for p in verify_images(env_samples)]
         reports.append(report)
+    for name, spec in DENSE.items():  # the MTL .npy layouts, at root/<name>
+        if names is not None and name not in names:
+            continue
+        base = root / name
+        report = DatasetReport(name, base, base.is_dir(), n_classes=spec.n_classes, expected_classes=spec.n_classes)
+        if report.present:
+            for split in SPLITS:
+                report.envs[split], problems = check_split(base / split, spec)
+                report.problems += problems
+        reports.append(report)
     return reports
+
+
+def inspect_one(root: Path, name: str) -> DatasetReport:
+    return inspect_root(root, names=(name,))[0]

@@ -1,14 +1,13 @@
 """CLIP image encoders through open_clip (the paper's DG backbone is CLIP ViT-B/16).
 
-``pretrained`` is an open_clip tag (e.g. ``openai``), resolved from open_clip's own cache only (no download:
-``HF_HUB_OFFLINE`` is set), or a local weights file; ``null`` means random initialisation (tests use the
-tiny ``ViT-Tiny-16`` config shipped here). The head is linear, or zero-shot: initialised from the text
+``pretrained`` is an open_clip tag (e.g. ``openai``; ``sage run`` downloads it into the Hugging Face cache
+first, see :mod:`.weights`) or a local weights file; ``null`` means random initialisation (tests use the tiny
+``ViT-Tiny-16`` config shipped here). The head is linear, or zero-shot: initialised from the text
 embeddings of class-name prompts, so training starts from CLIP's zero-shot classifier.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -34,19 +33,19 @@ class NormalizedEncoder(nn.Module):
 def _create(arch: str, pretrained: str | None):
     import open_clip
 
+    from .weights import clip_weights
+
     open_clip.add_model_config(CONFIG_DIR)
     if arch not in open_clip.list_models():
         raise UserError(f"unknown open_clip model '{arch}'; e.g. ViT-B-16, ViT-Tiny-16")
-    if pretrained and Path(pretrained).expanduser().suffix in (".pt", ".pth", ".bin", ".safetensors") \
-            and not Path(pretrained).expanduser().is_file():
-        raise UserError(f"CLIP weights file {pretrained} does not exist")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network: the cache or nothing
+    if not pretrained:
+        return open_clip.create_model(arch, pretrained=None)
+    weights = clip_weights(arch, pretrained, download=False)  # `sage run` fetched a tag's file already
     try:
-        return open_clip.create_model(arch, pretrained=pretrained or None)
-    except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors for missing weights
-        where = os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub"
-        raise UserError(f"CLIP weights '{pretrained}' for {arch} are not available offline ({type(exc).__name__}): "
-                        f"put them in open_clip's cache ({where}) or give a local file as backbone.pretrained") from None
+        return open_clip.create_model(arch, pretrained=str(weights.file), force_quick_gelu=weights.quick_gelu)
+    except Exception as exc:  # foreign or truncated files: torch/safetensors raise many types
+        raise UserError(f"cannot load CLIP weights {weights.file} into {arch} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""ResNet-50 (torchvision) with weights from a local file and DomainBed's frozen-BatchNorm option."""
+"""ResNet-50 (torchvision) with torchvision's weights (a tag, see :mod:`.weights`) or a local file, and DomainBed's
+frozen-BatchNorm option."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def resnet50(input_shape, n_classes, cfg, classes=None) -> Classifier:
 
     net = tv_resnet50(weights=None)
     if cfg.pretrained:
-        load_local_weights(net, cfg.pretrained)
+        from .weights import local_file
+
+        load_local_weights(net, str(local_file(cfg).file))
     featurizer = FrozenBNResNet(net, cfg.freeze_bn)
     return Classifier(featurizer.train(), nn.Linear(2048, n_classes), 2048)

@@ -17,21 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.layouts import DENSE, DenseSpec, check_split, modality_dirs
 from ..errors import UserError
-
-
-@dataclass(frozen=True)
-class DenseSpec:
-    tasks: tuple[str, ...]  # among "segmentation", "depth", "normal"
-    label_dir: str
-    n_classes: int
-    rel_scale: float = 1.0  # Table 2 states Cityscapes' relative depth error in percent
-
-
-DENSE = {
-    "nyuv2": DenseSpec(("segmentation", "depth", "normal"), "label", 13),
-    "cityscapes": DenseSpec(("segmentation", "depth"), "label_7", 7, rel_scale=100.0),
-}
 
 
 @dataclass
@@ -99,7 +86,6 @@ def mtl_digits(cfg=None) -> MTLData:
         return classification_metrics(model, test_batches(test_set, 512), len(test_set), DigitPairs.tasks, device)
 
     return MTLData(DigitPairs("train"), DigitPairs("test"), DigitPairs.tasks, DigitPairs.n_classes, metrics)
-FOLDERS = {"segmentation": None, "depth": "depth", "normal": "normal"}
 
 
 def random_scale_crop(image, label, depth, normal, generator, scales=(1.0, 1.2, 1.5)):
@@ -136,21 +122,10 @@ class DenseDataset:
     def __init__(self, root: str | Path, split: str, spec: DenseSpec):
         self.root, self.split, self.spec = Path(root), split, spec
         base = self.root / split
-        self.dirs = {"image": base / "image", "segmentation": base / spec.label_dir}
-        for task in spec.tasks:
-            if FOLDERS[task]:
-                self.dirs[task] = base / FOLDERS[task]
-        counts = {}
-        for name, folder in self.dirs.items():
-            if not folder.is_dir():
-                raise UserError(f"missing modality folder {folder}")
-            counts[name] = len(list(folder.glob("*.npy")))
-        if len(set(counts.values())) != 1:
-            detail = ", ".join(f"{self.dirs[n]}: {c}" for n, c in counts.items())
-            raise UserError(f"image count differs between modalities ({detail})")
-        self.n = counts["image"]
-        if self.n == 0:
-            raise UserError(f"no images in {self.dirs['image']}")
+        self.dirs = modality_dirs(base, spec)
+        self.n, problems = check_split(base, spec)
+        if problems:
+            raise UserError(problems[0])
 
     def __len__(self) -> int:
         return self.n

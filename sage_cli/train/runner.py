@@ -91,6 +91,11 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     console = console or Console()
     protocol = protocol_for(recipe)
     data = protocol.load(recipe)  # data errors surface before any MLflow run exists
+    from ..models.weights import prepare
+
+    weights = prepare(recipe.backbone)  # so do missing weights; a tag is downloaded now when online
+    if weights is not None:
+        console.print(weights.line(), soft_wrap=True, markup=False, highlight=False)
     uri = resolve_tracking_uri(recipe.tracking.uri)
     ckpt_path = checkpoint_path_for(recipe)
     meta = read_meta(ckpt_path)
@@ -121,6 +126,8 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                 console.print(f"resuming from step {first_step} ({ckpt_path})")
             else:
                 run.log_params(recipe.flat())
+                if weights is not None:
+                    run.set_tags(weights.tags())
                 run.log_text(recipe.to_yaml(), "recipe.yaml")
             with progress:
                 total = protocol.total_steps(recipe, data)
