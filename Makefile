@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-methods bench-mtl clean
+.PHONY: install run test lint bench bench-methods bench-mtl figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench-methods: $(STAMP)
 
 bench-mtl: $(STAMP)
 	$(BIN)/python bench/mtl_table.py
+
+# the paper's worked examples (App. C, App. D / Fig. 4, Fig. 2) and their figures under docs/ (about a minute)
+figures: $(STAMP)
+	$(BIN)/sage analysis appendix-c
+	$(BIN)/sage analysis appendix-d --out docs
+	$(BIN)/sage analysis figure-2 --out docs
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns .pytest_cache

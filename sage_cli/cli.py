@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from .analysis_cli import register as register_analysis
 from .errors import UserError
 
 app = typer.Typer(
@@ -434,6 +435,9 @@ def logs(job: str = typer.Argument(..., help="Job hash (or prefix) or scheduler 
             typer.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
     if not shown:
         _fail(f"job {record.hash} ({record.label}) has no log yet")
+
+
+register_analysis(app)
 
 
 def main() -> None:  # python -m sage_cli

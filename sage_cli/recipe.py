@@ -31,6 +31,7 @@ from .sections import (  # the plain sections, re-exported: the recipe's own sch
     TRAINING_ONLY,
     BackboneConfig,
     DatasetConfig,
+    DiagnosticsConfig,
     SlurmConfig,
     SweepConfig,
     TrackingConfig,
@@ -76,6 +77,7 @@ class Recipe(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     # --------------------------------------------------------- the parts fit together, before any run exists
     @field_validator("backbone", mode="wrap")

@@ -85,6 +85,19 @@ TRAINING_ONLY = {"dg": ("steps", "checkpoint_freq", "batch_sampling"),
 TRAINING_NOT_IDENTITY = ("device", "output_dir")
 
 
+class DiagnosticsConfig(Section):
+    """The two terms of Theorem 1 (``sage diagnose``) measured along training as ``diag_*`` metrics. An
+    observation on fixed batches in eval mode: it moves no parameter and draws from no training RNG, so it is
+    not part of a run's identity (a run with and without it trains identically)."""
+
+    every: int = Field(0, ge=0)  # every N-th checkpoint (the first included); 0: off
+    batches: int = Field(2, gt=0)  # fixed batches of training.batch_size per distribution
+    probes: int = Field(8, gt=1)  # Hutchinson probes for tr(H̄)
+    damping: float = Field(1e-2, ge=0)  # λ of the CG solves (H̄ + λI)⁻¹ (raised where H̄ has negative curvature)
+    cg_iters: int = Field(20, gt=0)
+    power_iters: int = Field(10, gt=0)  # for λ_max(H̄)
+
+
 class SweepConfig(Section):
     """The protocol a sweep expands this recipe into (``sage ablate`` / ``sage sweep``); ``sage run`` runs
     one point of it (the recipe's own seed and test envs). Not part of a run's identity."""

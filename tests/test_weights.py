@@ -84,7 +84,8 @@ def test_resnet_weights_from_the_cache_are_used_and_recorded(caches):
     assert result.exit_code == 0, result.output
     assert f"weights: imagenet from the cache {cached}" in result.output
     run_id = result.output.split("mlflow run ")[1].split()[0]
-    tags = MlflowClient(f"sqlite:///{caches / 'mlflow.db'}").get_run(run_id).data.tags
+    uri = result.output.split(" FINISHED in ")[1].split()[0]
+    tags = MlflowClient(uri).get_run(run_id).data.tags
     weights = prepare(BackboneConfig(name="resnet50", pretrained="imagenet"))
     assert tags["sage.weights"] == "imagenet" and tags["sage.weights_file"] == str(cached)
     assert tags["sage.weights_downloaded"] == "false" and tags["sage.weights_sha256"] == weights.sha256()

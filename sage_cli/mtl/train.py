@@ -74,6 +74,16 @@ class MTLTask:
         self.sums += losses.detach().cpu()
         return float(losses.sum()), self.optimizer.stats
 
+    def distribution_losses(self, batches: int, seed: int):
+        """Every task's loss on the same fixed training samples (no augmentation), against the shared
+        parameters: the tasks play the distributions."""
+        n = len(self.data.train)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_hash(seed, "diagnose")))
+        x, y = task_batch(self.data.train, order[:min(n, batches * self.batch_size)], train=False)
+        out = self.model(x.to(self.device))
+        losses = torch.stack([task_loss(t, out[t], y[t].to(self.device)) for t in self.data.tasks])
+        return losses, [p for p in self.model.shared_parameters() if p.requires_grad]
+
     def position_at(self, step: int) -> int | None:
         return step // self.per_epoch if (step + 1) % self.per_epoch == 0 else None
 

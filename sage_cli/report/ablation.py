@@ -63,16 +63,16 @@ def components_tables(runs: list[Run], selection: str) -> list[Table]:
     return tables
 
 
-def alignment_series(runs: list[Run]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """dataset → row label → (step, mean target_alignment over that label's finished runs at that step)."""
+def alignment_series(runs: list[Run], key: str = "target_alignment",
+                     kinds=("dg",)) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """dataset → row label → (step, mean ``key`` over that label's finished runs at that step)."""
     out: dict[str, dict[str, dict[int, list[float]]]] = {}
     for r in runs:
-        if r.kind != "dg" or r.status != "FINISHED":
+        if r.kind not in kinds or r.status != "FINISHED":
             continue
         for row in r.rows:
-            if "target_alignment" in row:
-                out.setdefault(r.dataset, {}).setdefault(r.label, {}).setdefault(row["step"], []).append(
-                    row["target_alignment"])
+            if key in row:
+                out.setdefault(r.dataset, {}).setdefault(r.label, {}).setdefault(row["step"], []).append(row[key])
     return {d: {lab: [(s, sum(v) / len(v)) for s, v in sorted(steps.items())] for lab, steps in labels.items()}
             for d, labels in out.items()}
 

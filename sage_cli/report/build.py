@@ -11,7 +11,7 @@ from . import ablation, figures, paper
 from .dg import dg_tables, known_envs
 from .formats import FORMATS, Report, render, table_csv, to_text
 from .mtl import COLUMNS, mtl_tables
-from .runs import Run
+from .runs import DIAG_CURVES, Run
 from .tables import Cell, Table
 
 # per-selection tables beyond Table 1's: (DG runs, selection) -> [Table]; their figure, if any: Table -> Figure
@@ -142,6 +142,10 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
     curve = figures.alignment(ablation.alignment_series(dg)) if with_figures else None
     if curve is not None:
         report.figures.append(curve)
+    terms = figures.theorem_terms({key: ablation.alignment_series(runs, key, kinds=("dg", "mtl"))
+                                   for key in DIAG_CURVES}) if with_figures else None
+    if terms is not None:
+        report.figures.append(terms)
     if with_paper:
         findings = paper.flagged()
         report.notes += [f"paper check: {f.line()}" for f in findings]

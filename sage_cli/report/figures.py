@@ -6,6 +6,7 @@ import csv
 import io
 from dataclasses import dataclass
 
+from ..plots import png, pyplot
 from .ablation import EMA, smooth
 from .tables import Table
 
@@ -16,22 +17,6 @@ class Figure:
     title: str
     png: bytes
     csv: str
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buf.getvalue()
 
 
 def _csv(header, rows) -> str:
@@ -46,7 +31,7 @@ def heatmap(table: Table) -> Figure:
     """Fig. 3 (left): the ρ × γ grid, the value written in each cell."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     values = np.array([[c.mean if c.mean is not None else np.nan for c in cells] for _, cells in table.rows])
     fig, ax = plt.subplots(figsize=(1.3 * len(table.columns) + 2, 1.0 * len(table.rows) + 1.5))
     image = ax.imshow(values, cmap="viridis", aspect="auto")
@@ -60,12 +45,12 @@ def heatmap(table: Table) -> Figure:
     ax.set_title(table.title, fontsize=9)
     rows = [[label, col, cell.mean, cell.sem, cell.n] for label, cells in table.rows
             for col, cell in zip(table.columns, cells)]
-    return Figure(table.key, table.title, _png(fig), _csv(["rho", "gamma", "mean", "sem", "n"], rows))
+    return Figure(table.key, table.title, png(fig), _csv(["rho", "gamma", "mean", "sem", "n"], rows))
 
 
 def bars(table: Table) -> Figure:
     """Fig. 3 (right): one bar per variant, standard-error bars."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = [label for label, _ in table.rows]
     means = [cells[0].mean or 0.0 for _, cells in table.rows]
     errors = [cells[0].sem or 0.0 for _, cells in table.rows]
@@ -77,7 +62,7 @@ def bars(table: Table) -> Figure:
     ax.set_ylabel("target accuracy (%)")
     ax.set_title(table.title, fontsize=9)
     rows = [[label, cells[0].mean, cells[0].sem, cells[0].n] for label, cells in table.rows]
-    return Figure(table.key, table.title, _png(fig), _csv(["variant", "mean", "sem", "n"], rows))
+    return Figure(table.key, table.title, png(fig), _csv(["variant", "mean", "sem", "n"], rows))
 
 
 def alignment(series: dict[str, dict[str, list[tuple[int, float]]]]) -> Figure | None:
@@ -85,7 +70,7 @@ def alignment(series: dict[str, dict[str, list[tuple[int, float]]]]) -> Figure |
     holds the raw means; the lines are smoothed)."""
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
     rows = []
     for ax, (dataset, labels) in zip(axes[0], series.items()):
@@ -100,5 +85,31 @@ def alignment(series: dict[str, dict[str, list[tuple[int, float]]]]) -> Figure |
     axes[0][0].set_ylabel("cos(train gradient, target gradient)")
     fig.suptitle(f"target-domain gradient alignment (App. F); lines: EMA {EMA} of the per-checkpoint means",
                  fontsize=9)
-    return Figure("alignment", "Target-domain gradient alignment (App. F)", _png(fig),
+    return Figure("alignment", "Target-domain gradient alignment (App. F)", png(fig),
                   _csv(["dataset", "method", "step", "target_alignment"], rows))
+
+
+def theorem_terms(series: dict[str, dict[str, dict[str, list[tuple[int, float]]]]]) -> Figure | None:
+    """Theorem 1's two traces (``diagnostics.every``) against the step, one panel per term, one line per
+    dataset and row label (means over seeds and test envs)."""
+    series = {term: s for term, s in series.items() if s}
+    if not series:
+        return None
+    plt = pyplot()
+    names = {"diag_curvature_trace": "curvature: tr(H̄)", "diag_alignment_trace": "alignment: tr(H̄⁻¹Σg)"}
+    fig, axes = plt.subplots(1, len(series), figsize=(4.6 * len(series), 3.3), squeeze=False)
+    rows = []
+    for ax, (term, datasets) in zip(axes[0], series.items()):
+        for dataset, labels in datasets.items():
+            for label, points in labels.items():
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3,
+                        label=f"{label}" if len(datasets) == 1 else f"{dataset} · {label}")
+                rows += [[term, dataset, label, s, v] for s, v in points]
+        ax.set_title(names.get(term, term), fontsize=9)
+        ax.set_xlabel("step (MTL: epoch)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.suptitle("the two terms of Theorem 1 along training (sage diagnose at each diagnostics.every checkpoint)",
+                 fontsize=9)
+    return Figure("theorem_terms", "Theorem 1's two terms along training", png(fig),
+                  _csv(["term", "dataset", "method", "step", "value"], rows))

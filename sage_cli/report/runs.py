@@ -36,9 +36,13 @@ class Run:
     final: dict[str, float] = field(default_factory=dict)  # the run's final_* metrics (MTL)
 
 
+DIAG_CURVES = ("diag_curvature_trace", "diag_alignment_trace")  # Theorem 1's terms, with diagnostics.every
+
+
 def _wanted(key: str) -> bool:
     """The per-checkpoint metrics a report reads."""
-    return key.startswith("env") and key.endswith("_acc") or key in ("target_alignment", "loss", "step_time")
+    return (key.startswith("env") and key.endswith("_acc") or key in ("target_alignment", "loss", "step_time")
+            or key in DIAG_CURVES)
 
 
 def _run(run_id, status, tags, params, start_time=0) -> Run | None:

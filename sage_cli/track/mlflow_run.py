@@ -86,7 +86,7 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
@@ -105,7 +105,7 @@ def prepare_store(uri: str, experiment: str) -> str:
 def finished_hashes(uri: str) -> set[str]:
     """Recipe hashes that already have a FINISHED run. For a sqlite store this reads the database directly
     (no mlflow import: a dry run of a thousand jobs stays fast); elsewhere through the client."""
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is not None:
         if not path.is_file():
             return set()

@@ -158,6 +158,18 @@ class DGTask:
         self.losses.append(loss)
         return loss, getattr(objective, "inner_stats", None) or self.optimizer.stats
 
+    def distribution_losses(self, batches: int, seed: int):
+        """Cross-entropy on each training env's fixed batches (drawn from its in split by a generator of
+        its own: no training RNG moves)."""
+        size = batches * self.recipe.training.batch_size
+        losses = []
+        for i in self.data.train_envs:
+            split = self.data.splits[i]["in"]
+            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed_hash(seed, "diagnose", i)))
+            x, y = load_batch(split.env, split.indices[order[:size]], train=False)
+            losses.append(F.cross_entropy(self.model(x.to(self.device)), y.to(self.device)))
+        return torch.stack(losses), [p for p in self.model.parameters() if p.requires_grad]
+
     def position_at(self, step: int) -> int | None:
         freq = self.recipe.training.checkpoint_freq
         return step if step % freq == 0 or step == self.total_steps - 1 else None

@@ -43,6 +43,10 @@ class Task(Protocol):
     def evaluate(self, position: int, window: dict[str, float]) -> Record:
         """The record of ``position``; ``window`` holds the step statistics' means since the last one."""
 
+    def distribution_losses(self, batches: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the K per-distribution losses on ``batches`` fixed batches each, with their graph; the parameters
+        they are measured against) — what ``sage diagnose`` and ``diagnostics.every`` differentiate."""
+
 
 class TrainingProtocol(Protocol):
     """What DG and MTL each implement (one instance each, registered in ``catalog.PROTOCOLS``)."""
@@ -121,6 +125,13 @@ def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None
         if position is not None:
             record = task.evaluate(position, {k: sum(v) / len(v) for k, v in window.items()})
             window = {}
+            every = recipe.diagnostics.every
+            if every and len(history) % every == 0:  # Theorem 1's two terms at this checkpoint
+                from ..analysis.measure import checkpoint_metrics
+
+                extra = checkpoint_metrics(task, recipe.diagnostics)
+                record.metrics.update(extra)
+                record.row.update(extra)
             history.append(record)
             last_position = position
             if checkpoint_path is not None:

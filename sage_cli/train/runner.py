@@ -103,6 +103,8 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
         remove_checkpoint(ckpt_path)
         meta = None
     first_step = meta["step"] + 1 if meta else 0
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    (ckpt_path.parent / "recipe.yaml").write_text(recipe.to_yaml())  # what `sage diagnose CHECKPOINT` rebuilds
     history = []
 
     def on_checkpoint(ckpt):
