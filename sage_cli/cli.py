@@ -48,6 +48,7 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Trial seed (training.seed)."),
     test_env: Optional[int] = typer.Option(None, "--test-env", help="Held-out environment index."),
     restart: bool = typer.Option(False, "--restart", help="Discard an unfinished checkpoint instead of resuming."),
+    wait: bool = typer.Option(False, "--wait", help="If this recipe is running already, wait for it to end."),
 ):
     """Train one recipe and record it as one MLflow run (an interrupted run resumes where it stopped)."""
     try:
@@ -55,7 +56,7 @@ def run(
         from .errors import TrainingDiverged
         from .train.runner import run_recipe
 
-        outcome = run_recipe(resolved, restart=restart)
+        outcome = run_recipe(resolved, restart=restart, wait=wait)
     except UserError as exc:
         _fail(str(exc))
     except TrainingDiverged as exc:

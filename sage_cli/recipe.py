@@ -356,6 +356,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
             raise UserError(f"--set '{item}': expected KEY=VALUE, e.g. --set optimizer.rho=1e-5")
+        if not value.strip():  # YAML would read it as null: the method's default, silently
+            raise UserError(f"--set '{item}': empty value; give a value (or null to unset it)")
         overrides[key.strip()] = parse_value(value)
     return overrides
 

@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from .store import check_store, sqlite_path, store_lock
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LENGTH = 6000  # mlflow truncates longer values (with a warning); keep ours well under
 
@@ -14,6 +16,24 @@ MAX_PARAM_LENGTH = 6000  # mlflow truncates longer values (with a warning); keep
 def resolve_tracking_uri(recipe_uri: str | None) -> str:
     """The recipe's ``tracking.uri`` if set, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
     return recipe_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def experiment_id_for(client, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    return exp.experiment_id if exp is not None else client.create_experiment(experiment)
+
+
+def run_status(client, run_id: str | None) -> str | None:
+    """The run's status in this store, or None where it has no such (active) run."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return run.info.status if run.info.lifecycle_stage == "active" else None
 
 
 class MlflowRun:
@@ -33,8 +53,7 @@ class MlflowRun:
             self.run_id, self.resumed = resume_run_id, True
             self.client.update_run(resume_run_id, status="RUNNING")
             return
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        exp_id = experiment_id_for(self.client, experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
     def _exists(self, run_id: str) -> bool:
@@ -86,10 +105,6 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 def prepare_store(uri: str, experiment: str) -> str:
     """Create the store (schema migration) and the experiment once, before jobs fan out: many processes
     creating a fresh sqlite store at once fail in its alembic schema migration (MLflow 3.x)."""
@@ -97,14 +112,15 @@ def prepare_store(uri: str, experiment: str) -> str:
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    return exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    check_store(uri)
+    with store_lock(uri):
+        return experiment_id_for(MlflowClient(tracking_uri=uri), experiment)
 
 
 def finished_hashes(uri: str) -> set[str]:
     """Recipe hashes that already have a FINISHED run. For a sqlite store this reads the database directly
     (no mlflow import: a dry run of a thousand jobs stays fast); elsewhere through the client."""
+    check_store(uri)  # an unreachable server: one line now, not minutes of retries
     path = sqlite_path(uri)
     if path is not None:
         if not path.is_file():

@@ -1,5 +1,10 @@
-"""Atomic, safely loadable checkpoints: write to a temporary file, then rename over the old one;
-load with ``weights_only=True`` (tensors, containers and numbers only, no pickled code)."""
+"""Atomic, verified, safely loadable checkpoints.
+
+A checkpoint is written to a temporary file, hashed (SHA-256, recorded in the small JSON beside it), and
+renamed into place; the one it replaces is kept as ``checkpoint.prev.pt`` (with its JSON) until the next
+save, so a damaged file — truncated by a full disk, cut by a crash — is found by its hash on the next run,
+which resumes from the previous good one (:func:`verified_meta`). Loading uses ``weights_only=True``
+(tensors, containers and numbers only, no pickled code)."""
 
 from __future__ import annotations
 
@@ -42,12 +47,28 @@ def write_results(checkpoint: str | Path, history: list[Record], append: bool = 
         f.write(results_jsonl(rows))
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
+def previous_path(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_checkpoint(path: str | Path, state: dict, meta: dict | None = None) -> None:
+    """Write ``state`` to ``path`` (atomic rename), keeping the one it replaces as the previous checkpoint;
+    with ``meta``, the JSON beside it too, with the new file's SHA-256."""
+    from ..data.fetch import sha256_of
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
+    digest = sha256_of(tmp) if meta is not None else None
+    if meta is not None and path.is_file() and meta_path(path).is_file():
+        prev = previous_path(path)
+        os.replace(path, prev)
+        os.replace(meta_path(path), meta_path(prev))
     os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new one, never half of one
+    if meta is not None:
+        save_meta(path, {**meta, "sha256": digest})
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -92,8 +113,47 @@ def read_meta(checkpoint: str | Path) -> dict | None:
 
 
 def remove_checkpoint(checkpoint: str | Path) -> None:
-    for path in (Path(checkpoint), meta_path(checkpoint), results_path(checkpoint)):
+    prev = previous_path(checkpoint)
+    for path in (Path(checkpoint), meta_path(checkpoint), results_path(checkpoint), prev, meta_path(prev)):
         path.unlink(missing_ok=True)
+
+
+def _intact(checkpoint: Path) -> tuple[dict | None, str]:
+    """(its meta, '') if the file matches the SHA-256 its JSON recorded, else (None, what is wrong)."""
+    import json
+
+    from ..data.fetch import sha256_of
+
+    if not checkpoint.is_file():
+        return None, "missing"
+    try:
+        meta = json.loads(meta_path(checkpoint).read_text())
+    except (OSError, ValueError):
+        return None, "its JSON is missing or unreadable"
+    if "sha256" in meta and sha256_of(checkpoint) != meta["sha256"]:
+        return None, "checksum mismatch: truncated or overwritten"
+    return meta, ""
+
+
+def verified_meta(checkpoint: str | Path) -> tuple[dict | None, str | None]:
+    """(the meta of a checkpoint to resume from, or None; a notice when the newest was damaged and the
+    previous one took its place). Raises ``UserError`` when checkpoints exist and none is intact."""
+    from ..errors import UserError
+
+    path, prev = Path(checkpoint), previous_path(checkpoint)
+    if not path.is_file() and not prev.is_file():
+        return None, None
+    meta, problem = _intact(path)
+    if meta is not None:
+        return meta, None
+    previous, _ = _intact(prev)
+    if previous is None:
+        raise UserError(f"checkpoint {path} is damaged ({problem}) and no good previous one is kept; "
+                        "rerun with --restart to train from the start")
+    os.replace(prev, path)
+    os.replace(meta_path(prev), meta_path(path))
+    return previous, (f"{path} is damaged ({problem}); resuming from the previous checkpoint "
+                      f"(step {previous['step']})")
 
 
 class GeneratorState:
@@ -117,8 +177,7 @@ def save_training_state(path, step: int, finished: bool, recipe_hash: str, parts
         "step": step, "finished": finished, "recipe_hash": recipe_hash,
         "parts": {name: part.state_dict() for name, part in parts.items()}, "rng": rng_state(),
         "history": [{"step": c.step, "metrics": c.metrics, "row": c.row} for c in history], **(extra or {}),
-    })
-    save_meta(path, {"step": step, "finished": finished, "recipe_hash": recipe_hash, **(extra or {})})
+    }, meta={"step": step, "finished": finished, "recipe_hash": recipe_hash, **(extra or {})})
 
 
 def restore_training_state(path, parts: dict) -> tuple[list[Record], int | None]:

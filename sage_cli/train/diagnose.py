@@ -49,7 +49,7 @@ def _from_run(run_id: str, tracking_uri: str, recipe_path: Path | None, scratch:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files: no bars
 
-    from ..track.mlflow_run import sqlite_path
+    from ..track.store import sqlite_path
     from .checkpoint import read_meta
     from .runner import checkpoint_path_for
 

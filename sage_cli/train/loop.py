@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import Preempted, TrainingDiverged
+from ..faults import pause_at
 from ..recipe import Recipe
 from .checkpoint import Record, restore_training_state, save_training_state, write_results
 
@@ -139,6 +140,7 @@ def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None
             if on_checkpoint is not None:  # logged before saved: a kill in between re-logs, never loses
                 on_checkpoint(record)
             save(position, step)
+            pause_at("checkpoint", position)
         if should_stop is not None and should_stop() and step < total - 1:
             if position is not None:
                 raise Preempted(position)  # saved just now

@@ -21,9 +21,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..errors import Preempted, TrainingDiverged
+from ..errors import Preempted, TrainingDiverged, UserError
 from ..recipe import Recipe
-from ..track.mlflow_run import MlflowRun, resolve_tracking_uri
+from ..track.mlflow_run import MlflowRun, experiment_id_for, resolve_tracking_uri, run_status
 
 
 @dataclass
@@ -66,6 +66,7 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
         "sage.test_envs": ",".join(map(str, recipe.dataset.test_envs)),
         "sage.seed": str(recipe.training.seed),
         "sage.host": platform.node(),
+        "sage.pid": str(os.getpid()),  # with the host: a RUNNING run whose process is gone is recognised
     }
 
 
@@ -80,30 +81,87 @@ def checkpoint_path_for(recipe: Recipe) -> Path:
     return Path(recipe.training.output_dir) / recipe.hash() / "checkpoint.pt"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process: alive
+        return True
+    return True
+
+
+def recover_dead_runs(client, experiment_id: str, recipe_hash: str, resumed: str | None) -> None:
+    """RUNNING runs of this identity whose process is gone (SIGKILL, a crash): the one this checkpoint
+    resumes is tagged and continued; the others are marked FAILED with the reason. The caller holds the run
+    folder's lock, so the process that wrote its checkpoint is dead; a run elsewhere is judged by its PID."""
+    here = platform.node()
+    found = client.search_runs([experiment_id], f"tags.`sage.recipe_hash` = '{recipe_hash}' and "
+                                                "attributes.status = 'RUNNING'", max_results=100)
+    for r in found:
+        host, pid = r.data.tags.get("sage.host", "?"), r.data.tags.get("sage.pid", "")
+        why = f"process {pid or '?'} on {host} died before recording the run (SIGKILL or a crash)"
+        if r.info.run_id == resumed:
+            client.set_tag(r.info.run_id, "sage.recovered", f"{why}; resumed by process {os.getpid()} on {here}")
+        elif host == here and pid.isdigit() and not _alive(int(pid)):
+            client.set_tag(r.info.run_id, "sage.failure", why)
+            client.set_terminated(r.info.run_id, "FAILED")
+
+
 def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = False,
-               should_stop=None) -> RunOutcome:
+               should_stop=None, wait: bool = False) -> RunOutcome:
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
-    resumed, in the same MLflow run where this store has it; ``restart`` discards it instead."""
-    from ..interrupts import InterruptGuard
-    from .checkpoint import read_meta, remove_checkpoint, results_jsonl, results_path
-    from .loop import train
+    resumed, in the same MLflow run; ``restart`` discards it instead. One process at a time trains a recipe
+    (``wait``: wait for the one that does instead of refusing)."""
+    from ..models.weights import prepare
+    from ..track.store import check_store
+    from .locks import RunLock
 
     console = console or Console()
+    if recipe.training.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # found now, not as a traceback in a FAILED run
+            raise UserError("training.device: cuda, but this machine has no CUDA device (use auto or cpu)")
     protocol = protocol_for(recipe)
     data = protocol.load(recipe)  # data errors surface before any MLflow run exists
-    from ..models.weights import prepare
-
     weights = prepare(recipe.backbone)  # so do missing weights; a tag is downloaded now when online
     if weights is not None:
         console.print(weights.line(), soft_wrap=True, markup=False, highlight=False)
     uri = resolve_tracking_uri(recipe.tracking.uri)
+    check_store(uri)  # unreachable, unwritable or corrupt: one line, before any run (or run folder) exists
     ckpt_path = checkpoint_path_for(recipe)
-    meta = read_meta(ckpt_path)
-    if meta is not None and (restart or meta.get("finished")):
+    with RunLock(ckpt_path.parent, wait, notice=console.print):  # and so does an unwritable output_dir
+        return _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop)
+
+
+def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop) -> RunOutcome:
+    from mlflow.tracking import MlflowClient
+
+    from ..faults import pause_at
+    from ..interrupts import InterruptGuard
+    from ..track.store import store_lock
+    from .checkpoint import remove_checkpoint, results_jsonl, results_path, verified_meta
+    from .loop import train
+
+    if restart:
         remove_checkpoint(ckpt_path)
+    meta, notice = verified_meta(ckpt_path)  # a damaged checkpoint: the previous one, or --restart
+    if notice:
+        console.print(notice, soft_wrap=True, markup=False, highlight=False)
+    if meta is not None and meta.get("tracking_uri") != uri:
+        raise UserError(f"the checkpoint {ckpt_path} belongs to run {meta.get('run_id')} in "
+                        f"{meta.get('tracking_uri')}: resume it there, or pass --restart to train anew into {uri}")
+    with store_lock(uri):  # the first creation of a store and its experiment, one process at a time
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = experiment_id_for(client, recipe.tracking.experiment)
+    status = run_status(client, meta.get("run_id")) if meta else None
+    if meta is not None and meta.get("finished") and status in (None, "FINISHED"):
+        remove_checkpoint(ckpt_path)  # that run is recorded whole: this is a new run of the recipe
         meta = None
+    completing = bool(meta and meta.get("finished"))  # trained to the end, never recorded: record it now
+    recover_dead_runs(client, experiment_id, recipe.hash(), meta.get("run_id") if meta else None)
     first_step = meta["step"] + 1 if meta else 0
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     (ckpt_path.parent / "recipe.yaml").write_text(recipe.to_yaml())  # what `sage diagnose CHECKPOINT` rebuilds
     history = []
 
@@ -118,12 +176,17 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                         console=console, transient=False)
     # Ctrl-C stops training at the next step (never inside an MLflow write), and the run is marked KILLED
     with InterruptGuard("stopping after this step; the checkpoint is kept for the next run") as interrupts:
-        run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe),
-                        resume_run_id=meta.get("run_id") if meta and meta.get("tracking_uri") == uri else None)
+        with store_lock(uri):
+            run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe),
+                            resume_run_id=meta.get("run_id") if meta else None)
         try:
             interrupts.check()  # pressed while the run was being created
-            if meta is not None:
-                run.set_tags({"sage.resumed_from_step": first_step, **sweep_tags()})
+            if completing:
+                run.set_tags({"sage.pid": os.getpid(), "sage.host": platform.node()})
+                console.print(f"finishing run {run.run_id}: trained to the end, not yet recorded ({ckpt_path})")
+            elif meta is not None:
+                run.set_tags({"sage.resumed_from_step": first_step, "sage.pid": os.getpid(),
+                              "sage.host": platform.node(), **sweep_tags()})
                 run.log_metrics({"resumed_from_step": first_step}, step=first_step)
                 console.print(f"resuming from step {first_step} ({ckpt_path})")
             else:
@@ -131,6 +194,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
                 if weights is not None:
                     run.set_tags(weights.tags())
                 run.log_text(recipe.to_yaml(), "recipe.yaml")
+            pause_at("startup")
             with progress:
                 total = protocol.total_steps(recipe, data)
                 done = protocol.first_step(recipe, data, first_step)
@@ -164,11 +228,14 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
             run.finish("FAILED")
             raise
 
-        # training is over: a Ctrl-C from here on is not obeyed before the run is recorded whole
-        final, table, line = protocol.finish(result, recipe)
-        run.log_metrics(final, step=result.history[-1].step)
-        run.log_text(results_jsonl(result.history), "results.jsonl")
-        run.log_file(ckpt_path)
-        run.finish("FINISHED")
+        # training is over: no signal is obeyed before the run is recorded whole (a kill is recovered by
+        # the next run: the checkpoint says finished, the run is not, and only this part is done again)
+        with interrupts.recording():
+            pause_at("finish")
+            final, table, line = protocol.finish(result, recipe)
+            run.log_metrics(final, step=result.history[-1].step)
+            run.log_text(results_jsonl(result.history), "results.jsonl")
+            run.log_file(ckpt_path)
+            run.finish("FINISHED")
     console.print(table)
     return RunOutcome(run.run_id, uri, "FINISHED", line, final)

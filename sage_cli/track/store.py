@@ -1,0 +1,82 @@
+"""The MLflow store, checked before a run exists, and created once under a lock.
+
+``check_store`` answers within seconds: an unreachable server, a store path that cannot be written, or a
+file that is not an SQLite database is one ``UserError``, before any run or training starts (an unreachable
+server otherwise costs minutes of MLflow's retries; a garbage ``mlflow.db`` a traceback). ``store_lock``
+serialises the first creation of an sqlite store and its experiments across processes (fcntl on
+``<db>.lock``): two first runs at once otherwise race in MLflow's schema migration and can leave the store
+broken (``_alembic_tmp_experiments already exists``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..errors import UserError
+
+TIMEOUT_S = 5
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+        return
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_writable(db.parent, f"cannot write the MLflow store {uri}")
+        if db.is_file() and db.stat().st_size:
+            with open(db, "rb") as f:
+                if f.read(16) != SQLITE_HEADER:
+                    raise UserError(f"{db} is not an MLflow store (not an SQLite database): move it away, or "
+                                    "set MLFLOW_TRACKING_URI to another store")
+        return
+    if uri.startswith("file:") or "://" not in uri:  # a file store folder
+        _check_writable(Path(uri.removeprefix("file://").removeprefix("file:")), f"cannot write the MLflow store {uri}")
+
+
+def _check_server(uri: str) -> None:
+    for route in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + route, timeout=TIMEOUT_S):
+                return
+        except urllib.error.HTTPError:
+            continue  # it answers: reachable (the next route, or MLflow itself, will say more)
+        except (urllib.error.URLError, OSError) as exc:
+            raise UserError(f"cannot reach the MLflow server at {uri} ({getattr(exc, 'reason', exc)}); start it, "
+                            "or set MLFLOW_TRACKING_URI / --tracking-uri to a store that is up") from None
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".sage-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{what}: {folder} is not writable ({exc.strerror or exc})") from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Exclusive across processes for an sqlite store; nothing to hold for others."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
