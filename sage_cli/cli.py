@@ -64,7 +64,25 @@ def run(
     except KeyboardInterrupt:
         _fail("interrupted; the MLflow run is marked KILLED and its checkpoint kept for the next run", code=130)
     typer.echo(outcome.summary)
-    typer.echo(f"mlflow run {outcome.run_id} FINISHED in {outcome.tracking_uri}")
+    kept = " (kept in the run folder until `sage sync`: the server was unreachable)" if outcome.spooled else ""
+    typer.echo(f"mlflow run {outcome.run_id} FINISHED in {outcome.tracking_uri}{kept}")
+
+
+@app.command()
+def sync(
+    folders: Optional[List[Path]] = typer.Argument(None, help="Run folders, or folders of them (default: ./runs)."),
+):
+    """Send to MLflow what runs kept while their server was unreachable (oldest first, nothing twice)."""
+    from .track.spool import sync as replay
+
+    results = replay(folders or [Path("runs")])
+    if not results:
+        typer.echo("nothing kept: every run's records are in MLflow")
+        return
+    for path, sent, left in results:
+        typer.echo(f"{path}: {sent} sent" + (f", {left} still kept (the server is unreachable)" if left else ""))
+    if any(left for _, _, left in results):
+        raise typer.Exit(1)
 
 
 @app.command()

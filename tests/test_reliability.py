@@ -239,3 +239,59 @@ def test_a_device_this_machine_lacks_is_found_before_any_run_exists(tmp_path):
         pytest.skip("this machine has a CUDA device")  # CI and developers' machines have none
     line = one_line_error(run(tmp_path, "--set", "training.device=cuda"))
     assert "no CUDA device" in line and not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------------------- a server that goes away
+
+
+def _server(store_uri: str, port: int, cwd: Path) -> subprocess.Popen:
+    import socket
+
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri, "--host",
+                             "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(240):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("mlflow server did not start")
+
+
+def test_a_server_stopped_mid_run_and_started_again_loses_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    server = _server(store, port, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc = start(tmp_path, MLFLOW_TRACKING_URI=url, SAGE_PAUSE_AT="checkpoint@10:8")
+        wait_for(proc, "sage: paused at checkpoint")
+        server.terminate()
+        server.wait(timeout=30)  # gone while the run goes on: checkpoint 20 and the end cannot be sent
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert "until `sage sync`" in out and "Traceback" not in err
+        spool = next(tmp_path.glob("runs/*/mlflow-spool.jsonl"))
+        assert len(spool.read_text().splitlines()) >= 3
+        left = subprocess.run([sys.executable, "-m", "sage_cli", "sync"], cwd=tmp_path, env=_env(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+        assert left.returncode == 1 and "still kept" in left.stdout  # still away: nothing lost, nothing sent
+        server = _server(store, port, tmp_path)
+        synced = subprocess.run([sys.executable, "-m", "sage_cli", "sync"], cwd=tmp_path, env=_env(tmp_path),
+                                capture_output=True, text=True, timeout=120)
+        assert synced.returncode == 0 and " sent" in synced.stdout, synced.stdout + synced.stderr
+        assert not spool.exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with sqlite3.connect(tmp_path / "server.db") as db:
+        [(run_id, status)] = db.execute("SELECT run_uuid, status FROM runs").fetchall()
+        steps = sorted({s for (s,) in db.execute("SELECT step FROM metrics WHERE run_uuid=? AND key='loss'", (run_id,))})
+        final = db.execute("SELECT COUNT(*) FROM metrics WHERE run_uuid=? AND key='target_acc'", (run_id,)).fetchone()
+    assert status == "FINISHED" and steps == [0, 10, 20] and final == (1,)

@@ -7,10 +7,9 @@ import logging
 import os
 from pathlib import Path
 
-from .store import check_store, sqlite_path, store_lock
+from .store import check_store, server_unreachable, sqlite_path, store_lock
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-MAX_PARAM_LENGTH = 6000  # mlflow truncates longer values (with a warning); keep ours well under
 
 
 def resolve_tracking_uri(recipe_uri: str | None) -> str:
@@ -37,20 +36,26 @@ def run_status(client, run_id: str | None) -> str | None:
 
 
 class MlflowRun:
-    """A thin owner of one run: params, tags, metrics per step, artifacts, terminal status."""
+    """A thin owner of one run: params, tags, metrics per step, artifacts, terminal status. With ``spool``,
+    a write that an unreachable server cannot take is kept there (``track/spool.py``) and training goes on;
+    later writes first send what is kept."""
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
-                 resume_run_id: str | None = None):
+                 resume_run_id: str | None = None, spool: Path | None = None):
         """A new run, or with ``resume_run_id`` that run reopened (RUNNING again) if this store has it."""
         for name in ("alembic", "mlflow.store.db.utils"):  # schema migrations on a fresh store
             logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
+        from .spool import Spool
+
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
+        self.spool = Spool(spool) if spool is not None else None
         self.resumed = False
         if resume_run_id and self._exists(resume_run_id):
             self.run_id, self.resumed = resume_run_id, True
+            self.flush()  # what an earlier process could not send, before anything new
             self.client.update_run(resume_run_id, status="RUNNING")
             return
         exp_id = experiment_id_for(self.client, experiment)
@@ -64,36 +69,51 @@ class MlflowRun:
         except MlflowException:
             return False
 
-    def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
+    @property
+    def spooled(self) -> int:
+        return len(self.spool) if self.spool is not None else 0
 
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # mlflow's batch limit
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+    def flush(self) -> int:
+        """Send what is kept; the number of writes still kept."""
+        if not self.spooled:
+            return 0
+        return self.spool.replay(lambda uri: self.client)[1]
+
+    def _write(self, kind: str, **args) -> None:
+        from .spool import apply, entry
+
+        item = entry(self.tracking_uri, self.run_id, kind, **args)
+        if self.spooled and self.flush():  # the server is still away: keep the order
+            self.spool.append(item)
+            return
+        try:
+            apply(self.client, item)
+        except Exception:
+            if self.spool is None or not server_unreachable(self.tracking_uri):
+                raise
+            if not self.spooled:
+                logging.getLogger("sage").warning(
+                    "the MLflow server at %s is unreachable: training goes on, its records are kept in %s",
+                    self.tracking_uri, self.spool.path)
+            self.spool.append(item)
+
+    def log_params(self, params: dict) -> None:
+        self._write("params", params={k: str(v) for k, v in params.items()})
 
     def set_tags(self, tags: dict) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._write("tags", tags={k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        self._write("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self._write("text", text=text, name=name)
 
     def log_file(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        self._write("file", path=str(Path(path).resolve()))
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        self._write("finish", status=status)
 
 
 # ------------------------------------------------------------------------------------------- sweeps

@@ -43,6 +43,17 @@ def check_store(uri: str) -> None:
         _check_writable(Path(uri.removeprefix("file://").removeprefix("file:")), f"cannot write the MLflow store {uri}")
 
 
+def server_unreachable(uri: str) -> bool:
+    """Whether ``uri`` is a server that does not answer now (sqlite and file stores never are)."""
+    if not uri.startswith(("http://", "https://")):
+        return False
+    try:
+        _check_server(uri)
+    except UserError:
+        return True
+    return False
+
+
 def _check_server(uri: str) -> None:
     for route in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
         try:

@@ -24,6 +24,7 @@ from rich.progress import (
 from ..errors import Preempted, TrainingDiverged, UserError
 from ..recipe import Recipe
 from ..track.mlflow_run import MlflowRun, experiment_id_for, resolve_tracking_uri, run_status
+from ..track.spool import SPOOL_NAME
 
 
 @dataclass
@@ -33,6 +34,7 @@ class RunOutcome:
     status: str
     summary: str = ""  # the line the CLI prints (the held-out accuracy, or the MTL result)
     metrics: dict | None = None
+    spooled: int = 0  # writes kept in the run folder for a server that was unreachable
 
 
 def scheduler_job_id() -> str:
@@ -130,6 +132,9 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
         console.print(weights.line(), soft_wrap=True, markup=False, highlight=False)
     uri = resolve_tracking_uri(recipe.tracking.uri)
     check_store(uri)  # unreachable, unwritable or corrupt: one line, before any run (or run folder) exists
+    if uri.startswith(("http://", "https://")):  # a server that goes away: a write fails fast and is kept
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     ckpt_path = checkpoint_path_for(recipe)
     with RunLock(ckpt_path.parent, wait, notice=console.print):  # and so does an unwritable output_dir
         return _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop)
@@ -178,7 +183,8 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
     with InterruptGuard("stopping after this step; the checkpoint is kept for the next run") as interrupts:
         with store_lock(uri):
             run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe),
-                            resume_run_id=meta.get("run_id") if meta else None)
+                            resume_run_id=meta.get("run_id") if meta else None,
+                            spool=ckpt_path.parent / SPOOL_NAME)
         try:
             interrupts.check()  # pressed while the run was being created
             if completing:
@@ -238,4 +244,8 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
             run.log_file(ckpt_path)
             run.finish("FINISHED")
     console.print(table)
-    return RunOutcome(run.run_id, uri, "FINISHED", line, final)
+    if run.spooled:
+        console.print(f"the MLflow server at {uri} was unreachable: {run.spooled} records of this run are kept in "
+                      f"{run.spool.path}; `sage sync` sends them (so does the next `sage run` of this recipe)",
+                      soft_wrap=True, markup=False, highlight=False)
+    return RunOutcome(run.run_id, uri, "FINISHED", line, final, spooled=run.spooled)
