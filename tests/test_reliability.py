@@ -160,7 +160,7 @@ def test_sixteen_concurrent_first_runs_of_eight_recipes_into_one_fresh_store(tmp
 
 
 def _interrupted_after_two_checkpoints(folder: Path) -> Path:
-    proc = start(folder, "--set", "training.steps=41", SAGE_PAUSE_AT="checkpoint@10:30")
+    proc = start(folder, "--set", "training.steps=41", SAGE_PAUSE_AT="checkpoint@10:3")
     wait_for(proc, "sage: paused at checkpoint")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
@@ -295,3 +295,24 @@ def test_a_server_stopped_mid_run_and_started_again_loses_nothing(tmp_path):
         steps = sorted({s for (s,) in db.execute("SELECT step FROM metrics WHERE run_uuid=? AND key='loss'", (run_id,))})
         final = db.execute("SELECT COUNT(*) FROM metrics WHERE run_uuid=? AND key='target_acc'", (run_id,)).fetchone()
     assert status == "FINISHED" and steps == [0, 10, 20] and final == (1,)
+
+
+def test_sage_status_marks_a_run_whose_job_is_gone_failed(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from sage_cli.launch.state import JobRecord, SweepState
+    from sage_cli.launch.status import job_statuses
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    run_id = client.create_run(exp, tags={"sage.sweep_id": "s-dead", "sage.recipe_hash": "h1"}).info.run_id
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that has ended: its pid answers no more
+    monkeypatch.setenv("SAGE_SWEEPS", str(tmp_path / "sweeps"))
+    state = SweepState("s-dead", "s", uri, "e", launcher="local",
+                       jobs={"h1": JobRecord("h1", "job", "r.json", "local", f"local:{gone.pid}")})
+    [row] = job_statuses(state)
+    assert row["status"] == "failed" and row["mlflow"] == "FAILED"
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "is gone without ending the run" in run.data.tags["sage.failure"]

@@ -16,7 +16,7 @@ def job_statuses(state: SweepState) -> list[dict]:
     queue: dict[str, str] = {}
     for launcher, jobs in _by_launcher(state).items():
         queue.update(launcher.states(jobs))
-    rows = []
+    rows, dead = [], []
     for h, job in state.jobs.items():
         run = runs.get(h)
         mlflow = run.info.status if run else ""
@@ -31,7 +31,8 @@ def job_statuses(state: SweepState) -> list[dict]:
             if status == "queued" and run is not None:
                 status = "requeued"  # it ran before: a preempted or requeued job waiting to resume
         elif sched == "gone" and mlflow == "RUNNING":
-            status = "failed"  # its process is gone without ending its run
+            status = "failed"  # its process is gone without ending its run: say so in MLflow too
+            dead.append((run.info.run_id, job.scheduler_id))
         elif mlflow:
             status = MLFLOW_WORDS.get(mlflow, mlflow.lower())
         else:
@@ -40,7 +41,24 @@ def job_statuses(state: SweepState) -> list[dict]:
                      "scheduler_state": sched, "mlflow": mlflow, "attempt": attempt,
                      "run_id": run.info.run_id if run else "",
                      "resumed_from": run.data.tags.get("sage.resumed_from_step", "") if run else ""})
+    if dead:
+        mark_dead(state.tracking_uri, dead)
+        for row in rows:
+            if row["run_id"] in {run_id for run_id, _ in dead}:
+                row["mlflow"] = "FAILED"
     return rows
+
+
+def mark_dead(uri: str, dead: list[tuple[str, str]]) -> None:
+    """RUNNING runs whose job is gone (SIGKILL, a crash, a node lost): FAILED, with the reason. Running the
+    sweep again resumes each from its checkpoint, in the same run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for run_id, scheduler_id in dead:
+        client.set_tag(run_id, "sage.failure", f"its job ({scheduler_id}) is gone without ending the run (SIGKILL "
+                                               "or a crash); run the sweep again to resume it")
+        client.set_terminated(run_id, "FAILED")
 
 
 def _by_launcher(state: SweepState) -> dict:
