@@ -198,3 +198,22 @@ def test_mtl_diagnostics_use_the_tasks_and_the_shared_parameters(tmp_path):
     task = MTLTask(recipe, result.data, torch.device("cpu"))
     task.model.load_state_dict(result.model.state_dict())
     assert measure(task, probes=2, cg_iters=2).n_params == shared < sum(p.numel() for p in result.model.parameters())
+
+
+def test_report_draws_the_two_terms_along_training_per_row_label():
+    from sage_cli.report.build import build
+    from sage_cli.report.runs import Run
+
+    def run(label, seed, scale):
+        rows = [{"step": s, "env0_in_acc": 0.5, "env0_out_acc": 0.5, "env1_in_acc": 0.5, "env1_out_acc": 0.5,
+                 "diag_curvature_trace": scale * (s + 1), "diag_alignment_trace": 0.1 * (s + 1)} for s in (0, 10, 20)]
+        return Run(f"{label}{seed}", "FINISHED", "rotated_digits", "dg", label, label, seed, (1,), rows=rows)
+
+    report = build([run("erm", 0, 100.0), run("erm", 1, 300.0), run("sage", 0, 10.0)], ["training"])
+    figure = next(f for f in report.figures if f.key == "theorem_terms")
+    assert figure.png[:4] == b"\x89PNG"
+    lines = figure.csv.splitlines()
+    assert lines[0] == "term,dataset,method,step,value"
+    assert "diag_curvature_trace,rotated_digits,erm,10,2200.0" in lines  # the mean over erm's two seeds
+    assert any(line.startswith("diag_alignment_trace,rotated_digits,sage,20,2.1") for line in lines)
+    assert build([run("erm", 0, 1.0)], ["training"], with_figures=False).figures == []
