@@ -61,14 +61,12 @@ def _rows(points: dict[int, dict[str, float]]) -> list[dict]:
     return [{"step": step, **values} for step, values in sorted(points.items())]
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 def from_store(uri: str, sweeps: list[str] | None = None, experiments: list[str] | None = None) -> list[Run]:
     """The runs of the named sweeps (prefixes of their ids), or of the named MLflow experiments; with neither,
     every sweep's runs in the store."""
-    path = _sqlite_path(uri)
+    from ..track.store import sqlite_path
+
+    path = sqlite_path(uri)
     runs = _from_sqlite(path, experiments) if path is not None else _from_client(uri, experiments)
     if sweeps:
         runs = [r for r in runs if any(r.sweep.startswith(s) for s in sweeps)]
