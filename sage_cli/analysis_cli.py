@@ -75,8 +75,10 @@ def diagnose(
         _fail(str(exc))
     values = terms.to_dict()
     gamma = getattr(found.recipe.optimizer, "gamma", None)
-    if gamma is not None:  # SAGE's own noise at this point, for comparison with σ
-        values["noise_scale"] = max(gamma * (1 - terms.agreement), 0.0)
+    if gamma is not None:  # SAGE's own noise at this point, β = γ(1 − S), for comparison with σ
+        from .optim.sage import AgreementNoise
+
+        values["noise_scale"] = AgreementNoise(gamma).set_agreement(terms.agreement)["noise_scale"]
     values.update({"run_id": found.run_id, "checkpoint": str(found.checkpoint), "step": found.step,
                    "method": found.recipe.optimizer.label, "dataset": found.recipe.dataset.name})
     _table(f"Theorem 1 at {found.recipe.label} · {found.recipe.dataset.name} · step {found.step}", ["", "value"],

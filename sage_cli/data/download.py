@@ -13,7 +13,6 @@ verifies it against ``URL/SHA256SUMS`` where the mirror has one (``sha256sum`` f
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tarfile
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
-from .fetch import Archive, FetchError, fetch, read_text, remote_size, sha256_of
+from ..filesystem import write_problem
+from .fetch import Archive, FetchError, fetch, mirror, read_text, remote_size, sha256_of
 from .inspect import inspect_one
 from .sources import Source, sources
 
@@ -41,11 +41,6 @@ class Plan:
     sizes: dict[str, int | None] = field(default_factory=dict)
 
 
-def mirror() -> str | None:
-    value = os.environ.get("SAGE_DOWNLOAD_MIRROR", "").strip()
-    return value.rstrip("/") if value else None
-
-
 def mirror_checksums(base: str) -> dict[str, str]:
     text = read_text(f"{base}/SHA256SUMS") or ""
     sums = {}
@@ -58,13 +53,9 @@ def mirror_checksums(base: str) -> dict[str, str]:
 
 def writable_root(root: Path) -> Path:
     """``root``, created if needed, after a real write into it (permission bits say nothing to root)."""
-    try:
-        (root / DOWNLOADS).mkdir(parents=True, exist_ok=True)
-        probe = root / DOWNLOADS / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to the data root {root}: {exc.strerror or exc}") from None
+    problem = write_problem(root / DOWNLOADS)
+    if problem:
+        raise UserError(f"cannot write to the data root {root}: {problem}")
     return root
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -37,6 +38,12 @@ class Archive:
     name: str  # file name in the download folder, and on a mirror
     size: int | None = None  # bytes, where the source's listing gives it (disk planning without Content-Length)
     sha256: str | None = None  # where the source publishes one
+
+
+def mirror() -> str | None:
+    """``SAGE_DOWNLOAD_MIRROR``: a server that serves every file sage fetches by its file name."""
+    value = os.environ.get("SAGE_DOWNLOAD_MIRROR", "").strip()
+    return value.rstrip("/") if value else None
 
 
 def sha256_of(path: Path) -> str:

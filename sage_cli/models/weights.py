@@ -11,7 +11,6 @@ cache only (:func:`local_file`), so training never reaches for the network.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -33,11 +32,9 @@ class Weights:
     quick_gelu: bool = False  # open_clip's OpenAI weights were trained with QuickGELU
 
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        with open(self.file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        from ..data.fetch import sha256_of
+
+        return sha256_of(self.file)
 
     def tags(self) -> dict[str, str]:
         return {"sage.weights": self.spec, "sage.weights_file": str(self.file), "sage.weights_sha256": self.sha256(),
@@ -155,8 +152,10 @@ def resnet_weights(tag: str, download: bool) -> Weights:
     file = torch_cache() / os.path.basename(url)
     if file.is_file():
         return Weights(tag, file, False, "cache")
-    mirror = os.environ.get("SAGE_DOWNLOAD_MIRROR", "").strip().rstrip("/")
-    source = f"{mirror}/{file.name}" if mirror else url
+    from ..data.fetch import mirror
+
+    base = mirror()
+    source = f"{base}/{file.name}" if base else url
     _require_online(download, source, f"ResNet-50 weights '{tag}'", file.parent, f"download {url} into {file.parent}")
     import torch
 

@@ -63,8 +63,8 @@ def components_tables(runs: list[Run], selection: str) -> list[Table]:
     return tables
 
 
-def alignment_series(runs: list[Run], key: str = "target_alignment",
-                     kinds=("dg",)) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def metric_series(runs: list[Run], key: str = "target_alignment",
+                  kinds=("dg",)) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """dataset → row label → (step, mean ``key`` over that label's finished runs at that step)."""
     out: dict[str, dict[str, dict[int, list[float]]]] = {}
     for r in runs:

@@ -139,10 +139,10 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
             for table in tables:
                 _paper_mtl(table, table.key.split("-", 1)[1])
         report.tables += tables
-    curve = figures.alignment(ablation.alignment_series(dg)) if with_figures else None
+    curve = figures.alignment(ablation.metric_series(dg)) if with_figures else None
     if curve is not None:
         report.figures.append(curve)
-    terms = figures.theorem_terms({key: ablation.alignment_series(runs, key, kinds=("dg", "mtl"))
+    terms = figures.theorem_terms({key: ablation.metric_series(runs, key, kinds=("dg", "mtl"))
                                    for key in DIAG_CURVES}) if with_figures else None
     if terms is not None:
         report.figures.append(terms)

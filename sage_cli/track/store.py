@@ -11,19 +11,21 @@ broken (``_alembic_tmp_experiments already exists``).
 from __future__ import annotations
 
 import contextlib
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
+from ..filesystem import write_problem
 
 TIMEOUT_S = 5
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def check_store(uri: str) -> None:
@@ -67,13 +69,9 @@ def _check_server(uri: str) -> None:
 
 
 def _check_writable(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".sage-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{what}: {folder} is not writable ({exc.strerror or exc})") from None
+    problem = write_problem(folder)
+    if problem:
+        raise UserError(f"{what}: {folder} is not writable ({problem})")
 
 
 @contextlib.contextmanager
