@@ -41,7 +41,8 @@ DATASETS = Registry("dataset", {
 # DG backbones: ``(input_shape, n_classes, backbone settings, class names) -> Classifier``;
 # MTL ones: ``(tasks, n_classes, backbone settings) -> nn.Module``. ``settings``: the keys each one reads.
 MODELS = Registry("backbone", {
-    "small_cnn": Entry("sage_cli.models.cnn:small_cnn", "dg"),
+    # revision 1: GroupNorm instead of BatchNorm over the concatenated batch (per-domain gradients in one backward)
+    "small_cnn": Entry("sage_cli.models.cnn:small_cnn", "dg", revision=1),
     "clip": Entry("sage_cli.models.clip:clip", "dg", settings=("pretrained", "model", "head", "prompt")),
     "resnet50": Entry("sage_cli.models.resnet:resnet50", "dg", settings=("pretrained", "freeze_bn")),
     "mtan": Entry("sage_cli.mtl.models:mtan", "mtl"),

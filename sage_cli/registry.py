@@ -35,6 +35,9 @@ class Entry:
     backbones: tuple[str, ...] = ()  # datasets: the backbones that can read it
     envs: tuple[str, ...] = ()  # DG datasets: environment names in DomainBed's order
     settings: tuple[str, ...] = ()  # backbones: the ``backbone:`` keys it reads (beyond ``name``)
+    # backbones: bumped when the architecture changes, so runs of the old one are not resumed into the new
+    # one; 0 adds nothing to a run's identity
+    revision: int = 0
 
 
 class Registry:

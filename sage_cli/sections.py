@@ -59,8 +59,9 @@ class BackboneConfig(Section):
         return MODELS.check(v)
 
     def identity(self) -> dict:
-        reads = MODELS.entry(self.name).settings
-        return {"name": self.name, **{k: v for k, v in non_defaults(self).items() if k in reads}}
+        entry = MODELS.entry(self.name)
+        revision = {"revision": entry.revision} if entry.revision else {}
+        return {"name": self.name, **revision, **{k: v for k, v in non_defaults(self).items() if k in entry.settings}}
 
 
 class TrainingConfig(Section):

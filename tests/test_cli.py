@@ -103,7 +103,7 @@ def test_run_leaves_one_finished_mlflow_run_with_metrics_and_artifacts(workdir):
     tags = run.data.tags
     assert tags["sage.dataset"] == "rotated_digits" and tags["sage.method"] == "sage"
     assert tags["sage.test_envs"] == "5" and tags["sage.seed"] == "3" and len(tags["sage.recipe_hash"]) == 16
-    assert run.data.params["optimizer.rho"] == "0.01" and run.data.params["training.steps"] == "5"
+    assert run.data.params["optimizer.rho"] == "0.003" and run.data.params["training.steps"] == "5"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"recipe.yaml", "results.jsonl", "checkpoint.pt"}
     local = Path(client.download_artifacts(run.info.run_id, "results.jsonl", str(workdir)))

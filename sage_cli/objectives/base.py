@@ -26,6 +26,9 @@ class Objective:
     class in ``settings/objectives.py``, where the defaults are); without one, the defaults of the entry ``name``."""
 
     name = "erm"
+    # True when ``losses`` are the envs' mean losses over their own blocks of one concatenated forward and
+    # nothing else: the per-env gradients then come from one backward (sage_cli.optim.per_domain)
+    separable = False
 
     def __init__(self, model, n_envs: int, cfg=None, n_classes: int | None = None):
         from ..settings.objectives import OBJECTIVES
@@ -55,6 +58,8 @@ class Objective:
 
 class ERM(Objective):
     """Empirical risk: each env's mean cross-entropy (their weighted mean is the ERM loss)."""
+
+    separable = True
 
     def losses(self, model, xs, ys, weights=None):
         _, logits = concat_forward(model, xs)

@@ -72,10 +72,11 @@ class WrappedOptimizer(torch.optim.Optimizer):
         self.aggregator = aggregator
         self.stats: dict[str, float] = {}
 
-    def combined_gradients(self, losses, weights, params, per_task=None) -> list:
-        """The gradient to follow: the aggregator's, or that of the weighted mean of the losses."""
+    def combined_gradients(self, losses, weights, params, per_task=None, gram=None) -> list:
+        """The gradient to follow: the aggregator's, or that of the weighted mean of the losses. ``gram``: the
+        Gramian of the shared parts of ``per_task``, where already measured."""
         if self.aggregator is not None:
-            return self.aggregator.gradients(losses, params, per_task)
+            return self.aggregator.gradients(losses, params, per_task, gram)
         if per_task is not None:
             return [sum(float(w) * g[i] for w, g in zip(weights, per_task)) for i in range(len(params))]
         return grads_of((weights * losses).sum(), params)
@@ -218,10 +219,14 @@ class TwoPassOptimizer(WrappedOptimizer):
         w = loss_weights(losses, weights)
         return float((w * perturbed).sum() - (w * losses.detach()).sum())
 
+    def first_forward(self, closure, weights=None):
+        """The forward at θ: the closure's per-distribution losses (SAGE also gathers its statistics here)."""
+        return closure()
+
     def step(self, closure, weights=None):
         """Both passes; ``closure`` re-runs the forward and returns the per-distribution losses."""
         with torch.enable_grad():
-            losses = closure()
+            losses = self.first_forward(closure, weights)
         self.first_step(losses, weights)
         # the statistics are restored after the backward: BatchNorm saves its running buffers for it
         with frozen_norm_stats(self.model):

@@ -12,14 +12,9 @@ from __future__ import annotations
 import torch
 
 from .base import Anchor, SinglePassOptimizer, _check_non_negative
-from .grads import (
-    as_loss_vector,
-    frozen_norm_stats,
-    loss_weights,
-    min_pairwise_cosine,
-    per_distribution_grads,
-)
+from .grads import frozen_norm_stats, loss_weights, min_cosine
 from .noise import NoiseSource
+from .per_domain import PerDomainGradients
 
 
 def gga_accepts(loss: float, best_loss: float, similarity: float, best_similarity: float,
@@ -37,13 +32,13 @@ class GGA(SinglePassOptimizer):
         self.start, self.end, self.candidates = start, end, candidates
         self.neighborhood, self.tolerance = neighborhood, tolerance
         self.noise_source = NoiseSource(seed)
+        self.per_domain = PerDomainGradients(model)
         self.n_steps = 0
 
     def _measure(self, closure, weights, params) -> tuple[float, float]:
-        with torch.enable_grad():
-            losses = as_loss_vector(closure())
-            similarity = min_pairwise_cosine(per_distribution_grads(losses, params))
-        return float((loss_weights(losses, weights) * losses).sum().detach()), similarity
+        with torch.enable_grad():  # the Gramian, from one backward where the losses are per-block means
+            losses, _, gram = self.per_domain.measure(closure, weights, params)
+        return float((loss_weights(losses, weights) * losses).sum()), min_cosine(gram)
 
     def anneal(self, closure, weights=None) -> int:
         """Search the neighbourhood; leave the parameters at the best candidate. Returns how many were accepted."""

@@ -45,23 +45,37 @@ def flatten(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.reshape(-1).float() for g in grads])
 
 
-def pairwise_cosines(per_dist: list[list[torch.Tensor]]) -> torch.Tensor:
-    """cos(g_i, g_j) for every pair i < j, over the full flattened parameter vector."""
+def gram_matrix(per_dist: list[list[torch.Tensor]], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """⟨g_i, g_j⟩ for every pair, accumulated parameter by parameter (no K × n copy of the gradients)."""
     K = len(per_dist)
-    G = torch.stack([flatten(g) for g in per_dist])
-    G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    gram = None
+    for i in range(len(per_dist[0]) if K else 0):
+        B = torch.stack([task[i].reshape(-1).to(dtype) for task in per_dist])
+        gram = B @ B.T if gram is None else gram + B @ B.T
+    return gram if gram is not None else torch.zeros(K, K, dtype=dtype)
+
+
+def gram_cosines(gram: torch.Tensor) -> torch.Tensor:
+    """cos(g_i, g_j) for every pair i < j, from the Gramian."""
+    K = gram.shape[0]
+    norms = gram.diagonal().clamp_min(0).sqrt().clamp_min(1e-30)
     iu = torch.triu_indices(K, K, offset=1)
-    return (G @ G.T)[iu[0], iu[1]]
+    return (gram / norms[:, None] / norms[None, :])[iu[0], iu[1]]
+
+
+def mean_cosine(gram: torch.Tensor) -> float:
+    """S = 2/(K(K−1)) Σ_{i<j} cos(g_i, g_j) from the Gramian; S = 1 when K = 1 (no pairs)."""
+    return float(gram_cosines(gram).mean()) if gram.shape[0] > 1 else 1.0
+
+
+def min_cosine(gram: torch.Tensor) -> float:
+    """The worst-aligned pair (GGA's criterion); 1 when K = 1."""
+    return float(gram_cosines(gram).min()) if gram.shape[0] > 1 else 1.0
 
 
 def mean_pairwise_cosine(per_dist: list[list[torch.Tensor]]) -> float:
     """S = 2/(K(K−1)) Σ_{i<j} cos(g_i, g_j); S = 1 when K = 1 (no pairs)."""
-    return float(pairwise_cosines(per_dist).mean()) if len(per_dist) > 1 else 1.0
-
-
-def min_pairwise_cosine(per_dist: list[list[torch.Tensor]]) -> float:
-    """The worst-aligned pair (GGA's criterion); 1 when K = 1."""
-    return float(pairwise_cosines(per_dist).min()) if len(per_dist) > 1 else 1.0
+    return mean_cosine(gram_matrix(per_dist)) if len(per_dist) > 1 else 1.0
 
 
 def global_norm(tensors) -> float:

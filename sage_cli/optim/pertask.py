@@ -234,8 +234,9 @@ class SAGESAMO(SAMO):
     def __init__(self, params, base_optimizer=torch.optim.Adam, rho: float = 1e-6, gamma: float = 1e-6,
                  polar: str = "quintic", ns_steps: int = 5, scale_by_weight_norm: bool = True, bias_rule: str = "sam",
                  noise: bool = True, beta: float = 0.5, zo_eps: float = 0.01, layerwise: bool = True,
-                 max_norm: float = 1.0, seed: int | None = None, model=None, **base_kwargs):
-        ascent = SpectralAscent(rho, polar, ns_steps, scale_by_weight_norm, bias_rule)
+                 max_norm: float = 1.0, polar_dtype: str = "float32", seed: int | None = None, model=None,
+                 **base_kwargs):
+        ascent = SpectralAscent(rho, polar, ns_steps, scale_by_weight_norm, bias_rule, polar_dtype)
         descent_noise = AgreementNoise(gamma, noise, seed)
         settings = dict(gamma=gamma, polar=polar, ns_steps=ns_steps, scale_by_weight_norm=scale_by_weight_norm,
                         bias_rule=bias_rule, noise=noise)
@@ -256,7 +257,9 @@ class SAGESAMO(SAMO):
 
     def perturbation(self, params, direction, shared):
         rhos = self.per_param("rho")
-        return {i: self.ascent(params[i], d, rhos[i]) for i, d in direction.items()}
+        keys = list(direction)
+        eps = self.ascent.many([params[i] for i in keys], [direction[i] for i in keys], [rhos[i] for i in keys])
+        return dict(zip(keys, eps))
 
     def descent_noise_scales(self, params) -> list[float]:
         return self.descent_noise.betas(self.per_param("gamma"))

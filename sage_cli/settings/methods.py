@@ -95,6 +95,10 @@ class SAGE(Method):
     scale_by_weight_norm: bool = True
     bias_rule: Literal["sam", "scaled", "none"] = "sam"
     noise: bool = True
+    # precision of the Newton–Schulz products; bfloat16 pays off only where the hardware multiplies in bf16
+    polar_dtype: Literal["float32", "bfloat16"] = "float32"
+    # S and β refreshed every n steps, the cached β in between (departs from Alg. 1 when n > 1; MTL speed)
+    agreement_every: int = Field(1, ge=1)
     # MTL: ``samo`` is SAGE-SAMO-X, SAMO's per-task directions through SAGE's ascent; samo_* act only then
     perturbation: Literal["global", "samo"] = "global"
     samo_beta: float = Field(0.5, ge=0, le=1)
@@ -108,6 +112,8 @@ class SAGE(Method):
         if self.perturbation != "samo":
             for key in sorted(k for k in non_defaults(self) if k.startswith("samo_")):
                 return key, getattr(self, key), f"{key} acts only with perturbation 'samo' (SAGE-SAMO)"
+        elif self.agreement_every != 1:
+            return "agreement_every", self.agreement_every, "agreement_every acts only with perturbation 'global'"
         return super().misfit(kind)
 
     @property
@@ -125,6 +131,8 @@ class SAGE(Method):
         if own.pop("perturbation") != "samo":
             for key in ("beta", "zo_eps", "layerwise", "max_norm"):
                 own.pop(key)
+        else:
+            own.pop("agreement_every")
         return own
 
     @property

@@ -4,6 +4,7 @@ last step), DomainBed-format JSON rows, and a resumable checkpoint at each of th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from ..catalog import DATASETS, MODELS
 from ..data.splits import InfiniteSampler, Split, load_batch, seed_hash, split_env
 from ..optim.build import build_optimizer
 from ..optim.grads import flatten, grads_of
+from ..optim.per_domain import batch_blocks
 from ..recipe import Recipe
 from .checkpoint import Record
 from .loop import TrainResult, train
@@ -152,7 +154,9 @@ class DGTask:
         if getattr(objective, "owns_update", False):  # Fish: its meta-update drives the recipe's optimizer
             losses = objective.update(model, xs, ys, weights, self.make_inner_optimizer)
         else:
-            losses = self.optimizer.step(lambda: objective.losses(model, xs, ys, weights), weights=weights)
+            blocks = batch_blocks([len(x) for x in xs]) if objective.separable else nullcontext()
+            with blocks:
+                losses = self.optimizer.step(lambda: objective.losses(model, xs, ys, weights), weights=weights)
         loss = float(losses.mean())
         objective.after_step(step)
         self.losses.append(loss)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ...optim.grads import flatten, grads_of, per_distribution_grads
+from ...optim.grads import flatten, grads_of, gram_matrix, per_distribution_grads
 
 
 def setting(cfg, name):
@@ -48,8 +48,10 @@ class Aggregator:
     def parameters(self) -> list[torch.nn.Parameter]:
         return []
 
-    def gradients(self, losses: torch.Tensor, params: list[torch.Tensor], per_task=None) -> list[torch.Tensor]:
-        """The gradient of every parameter in ``params``; ``per_task`` (g_k over ``params``) if known."""
+    def gradients(self, losses: torch.Tensor, params: list[torch.Tensor], per_task=None,
+                  gram=None) -> list[torch.Tensor]:
+        """The gradient of every parameter in ``params``; ``per_task`` (g_k over ``params``) if known, and the
+        Gramian of their shared parts if known (the Gramian-based aggregators use it)."""
         raise NotImplementedError
 
     # hooks and state -----------------------------------------------------------------------------
@@ -72,7 +74,7 @@ class LossWeighting(Aggregator):
     def total_loss(self, losses: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def gradients(self, losses, params, per_task=None):
+    def gradients(self, losses, params, per_task=None, gram=None):
         if per_task is None:
             return grads_of(self.total_loss(losses), params)
         return self._weighted_per_task(losses, params, per_task)
@@ -96,16 +98,38 @@ class LossWeighting(Aggregator):
 
 class GradientAggregator(Aggregator):
     """``combine(J, losses)``: the K × n Jacobian of the shared parameters (and the task losses, which MoCo
-    reads) → one direction of length n."""
+    reads) → one direction of length n.
+
+    Where the direction is Σ_k c_k g_k with c a function of the Gramian G = JJᵀ alone (MGDA, PCGrad, IMTL-G,
+    CAGrad, FairGrad, Nash-MTL), the subclass defines ``weights(G)`` instead: ``gradients`` then builds G
+    parameter by parameter (float64) and never the K × n (float64) Jacobian, and SAGE hands it the Gramian it
+    measured for its agreement."""
 
     needs_jacobian = True
 
     def combine(self, J: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        if type(self).weights is GradientAggregator.weights:
+            raise NotImplementedError
+        return self.weights(J @ J.T).to(J.dtype) @ J
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        """c (K) from the K×K float64 Gramian of the shared parameters' task gradients."""
         raise NotImplementedError
 
-    def gradients(self, losses, params, per_task=None):
+    @property
+    def from_gramian(self) -> bool:
+        return type(self).weights is not GradientAggregator.weights
+
+    def gradients(self, losses, params, per_task=None, gram=None):
         per_task = per_task if per_task is not None else per_distribution_grads(losses, params)
-        return self.scatter(params, per_task, self.shared_direction(losses, params, per_task))
+        if not self.from_gramian:
+            return self.scatter(params, per_task, self.shared_direction(losses, params, per_task))
+        shared = self.shared_mask(params)
+        if gram is None:
+            gram = gram_matrix([[g for g, s in zip(task, shared) if s] for task in per_task], torch.float64)
+        c = [float(ck) for ck in self.weights(gram.double().cpu())]
+        return [sum(ck * task[i] for ck, task in zip(c, per_task)) if s else sum(task[i] for task in per_task)
+                for i, s in enumerate(shared)]
 
     def shared_direction(self, losses: torch.Tensor, params, per_task) -> torch.Tensor:
         """X applied to the per-task gradients of the shared parameters: one flat vector."""

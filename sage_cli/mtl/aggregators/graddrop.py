@@ -11,6 +11,7 @@ class GradDrop(TorchJDAggregator):
     (the paper applies it at a shared activation layer)."""
 
     random = True
+    gramian_weighting = False  # per-coordinate signs: it needs the gradients themselves
 
     def make(self):
         from torchjd.aggregation import GradDrop as TorchJDGradDrop

@@ -40,7 +40,6 @@ def min_norm_weights(G: torch.Tensor) -> torch.Tensor:
 class MGDA(GradientAggregator):
     """MGDA (Désidéri; Sener & Koltun): the min-norm point of the convex hull of the task gradients."""
 
-    def combine(self, J, losses=None):
-        w = min_norm_weights(J @ J.T)
-        self.last_weights = w
-        return w @ J
+    def weights(self, gram):
+        self.last_weights = min_norm_weights(gram)
+        return self.last_weights
