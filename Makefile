@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-methods bench-mtl figures clean
+.PHONY: install run test lint bench bench-speed bench-methods bench-mtl figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sage_cli tests bench
 
+# step costs of ERM/SAM/SAGE only (sage bench on the standard set, written into the README)
+bench-speed: $(STAMP)
+	$(BIN)/python bench/speed_table.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
-	$(BIN)/python bench/mtl_step_ratio.py
 	$(BIN)/python bench/report_speed.py
+	$(BIN)/python bench/speed_table.py   # sage bench on small_cnn, resnet50, vit_b16, mtan → README "Speed" (~25 min on 2 cores)
 
 # every DG objective and optimizer on RotatedDigits, 3 seeds, through sage sweep + sage report (about 20 minutes)
 bench-methods: $(STAMP)

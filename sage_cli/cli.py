@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .analysis_cli import register as register_analysis
+from .bench_cli import register as register_bench
 from .errors import UserError
 
 app = typer.Typer(
@@ -457,6 +458,7 @@ def logs(job: str = typer.Argument(..., help="Job hash (or prefix) or scheduler 
 
 
 register_analysis(app)
+register_bench(app)
 
 
 def main() -> None:  # python -m sage_cli
