@@ -2,6 +2,7 @@
 performance section (between its markers) with the machine it ran on.
 
     python bench/speed_table.py [--device cuda] [--models small_cnn resnet50 vit_b16 mtan] [--no-readme]
+                                [--add-json FILE ...]   # rows from earlier `sage bench --json` runs, as they are
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=list(STANDARD))
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--add-json", nargs="*", default=[], help="files whose last line is a sage bench --json result")
     parser.add_argument("extra", nargs="*", help="passed to sage bench (after --)")
     args = parser.parse_args()
     results = [measure(m, args.device, args.extra) for m in args.models]
+    results += [json.loads(Path(f).read_text().strip().splitlines()[-1]) for f in args.add_json]
     text = table(results)
     print(text)
     if not args.no_readme:

@@ -30,9 +30,11 @@ def _print(result: dict) -> None:
         table.add_column(col, justify="left" if col == "method" else "right")
     labels = {"erm": "ERM", "sam": "SAM", "sage": "SAGE"}
     for name, seconds in sec.items():
-        label = labels.get(name, name.replace("sage_every", "SAGE, agreement_every "))
-        if result["K"] and result["model"] == "mtan":
-            label = label.replace("ERM", "LS") + ("-LS" if name != "erm" else "")
+        label = labels.get(name, "SAGE")
+        if result["model"] == "mtan":
+            label = "LS" if name == "erm" else f"{label}-LS"
+        if name.startswith("sage_every"):
+            label += f", agreement_every {name.removeprefix('sage_every')}"
         table.add_row(label, f"{seconds:.3f} s", f"{seconds / sec['erm']:.2f}", f"{seconds / sec['sam']:.2f}",
                       _mb(result["peak_memory_bytes"].get(name)))
     console.print(table)

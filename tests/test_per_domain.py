@@ -194,3 +194,21 @@ def test_quickstart_training_takes_the_one_backward_path(tmp_path):
     irm = train_dg(load_recipe("recipes/quickstart.yaml", {"training.steps": 2, "objective.name": "irm",
                                                            "training.output_dir": str(tmp_path / "irm")}))
     assert irm.optimizer.per_domain.path == "exact"  # IRM's losses are not per-block means only
+
+
+def test_uniform_sampling_with_one_domain_in_the_batch_is_plain_sam_like_sage():
+    torch.manual_seed(0)
+    model = small_cnn((1, 16, 16), 7).train()
+    xs, ys = _batches((1, 16, 16), [6])
+    opt = _sage_step(model, xs, ys, True)  # K = 1 this step: S = 1, no per-domain statistics needed
+    assert opt.stats["agreement"] == 1.0 and opt.per_domain.path is None
+
+
+def test_paper_recipe_sampling_uniform_takes_the_one_backward_path(tmp_path):
+    from sage_cli.recipe import load_recipe
+    from sage_cli.train.dg import train_dg
+
+    recipe = load_recipe("recipes/quickstart.yaml", {"training.steps": 3, "training.batch_sampling": "uniform",
+                                                     "training.batch_size": 12, "training.output_dir": str(tmp_path)})
+    result = train_dg(recipe)
+    assert result.optimizer.per_domain.path == "one-backward"

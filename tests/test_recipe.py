@@ -32,7 +32,7 @@ def test_overrides_and_hash_identity(tmp_path):
     assert load_recipe(QUICKSTART, {"tracking.experiment": "elsewhere"}).hash() == base.hash()
     # formatting and key order do not change the hash
     reordered = write(tmp_path, "training: {seed: 0, steps: 400, batch_size: 32, checkpoint_freq: 100}\n"
-                                "optimizer: {method: sage, lr: 0.001, rho: 0.01, gamma: 0.001}\n"
+                                "optimizer: {method: sage, lr: 0.001, rho: 3e-3, gamma: 0.001}\n"
                                 "dataset: {test_envs: [5]}\nname: other\n")
     assert load_recipe(reordered).hash() == base.hash()
 

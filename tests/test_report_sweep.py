@@ -15,7 +15,7 @@ TINY = ["--set", "training.steps=3", "--set", "training.checkpoint_freq=2", "--s
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ablate")
-    proc = sage(["ablate", QUICKSTART, "--rho", "1e-3,1e-2", "--gamma", "1e-3", "--components", *TINY,
+    proc = sage(["ablate", QUICKSTART, "--rho", "1e-3,3e-3", "--gamma", "1e-3", "--components", *TINY,
                  "--max-parallel", "2"], cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return cwd
@@ -38,7 +38,7 @@ def test_report_of_a_real_sweep_matches_the_store(swept):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     client, runs = child_runs(f"sqlite:///{swept / 'mlflow.db'}")
-    assert len(runs) == 6  # ρ ∈ {1e-3, 1e-2} at γ 1e-3, and the 5 variants (Fig. 3's SAGE is the ρ = 1e-2 point)
+    assert len(runs) == 6  # ρ ∈ {1e-3, 3e-3} at γ 1e-3, and the 5 variants (Fig. 3's SAGE is the ρ = 3e-3 point)
     by_label = {}
     for run in runs:
         by_label.setdefault(run.data.tags["sage.label"], []).append(run)
@@ -58,7 +58,7 @@ def test_grid_components_and_figures_written(swept):
     assert proc.returncode == 0, proc.stderr
     out = swept / "out"
     grid = (out / "tables" / "grid-training-rotated_digits.csv").read_text().splitlines()
-    assert grid[0].startswith("method,γ=0.001") and [r.split(",")[0] for r in grid[1:]] == ["ρ=0.001", "ρ=0.01"]
+    assert grid[0].startswith("method,γ=0.001") and [r.split(",")[0] for r in grid[1:]] == ["ρ=0.001", "ρ=0.003"]
     components = (out / "tables" / "components-training-rotated_digits.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in components[1:]] == ["no_newton_schulz", "no_scaling", "no_noise", "muon", "sage"]
     for name in ("grid-training-rotated_digits", "components-training-rotated_digits", "alignment"):

@@ -140,7 +140,8 @@ class SAGE(TwoPassOptimizer):
 
     def first_forward(self, closure, weights=None):
         """DG: ḡ and the Gramian from one backward where the losses are per-block means (``per_domain``)."""
-        if self.aggregator is not None or current_blocks() is None or not self._agreement_due():
+        blocks = current_blocks()
+        if self.aggregator is not None or blocks is None or len(blocks) < 2 or not self._agreement_due():
             return closure()
         losses, grads, gram = self.per_domain.measure(closure, weights, self._params())
         self._measured = (grads, gram)
