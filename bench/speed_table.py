@@ -44,8 +44,9 @@ def table(results: list[dict]) -> str:
     head = ("| workload | per-domain path | ERM s | SAM s | SAGE s | SAGE/SAM | SAGE/ERM | r = NS/ERM | "
             "(SAGE−SAM−NS)/SAM | SAGE/floor | SAGE-LS every 4 / SAM-LS | memory SAGE/SAM |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|")
-    polar = ["", "Polar factors of all of a model's matrices (random gradients of their shapes), float32: "
-                 "one at a time → batched, and the error of the batched factors against the SVD:", ""]
+    polar = ["", "Polar factors of all of a model's matrices (random gradients of their shapes), float32: one at a "
+                 "time by the direct iteration (SAGE before) → as SAGE computes them now (same shapes batched, wide "
+                 "ones through the Gram matrix), and the error of the latter against the SVD:", ""]
     for r in results:
         polar.append(f"- {r['model']}: {r['polar_matrices']} matrices, {r['polar_loop_seconds']:.3f} s → "
                      f"{r['polar_batched_seconds']:.3f} s, ‖Q − Q_svd‖/‖Q_svd‖ ≤ {r['polar_error_vs_svd']:.2f}")
