@@ -9,14 +9,10 @@ from typing import Optional
 import typer
 
 from .errors import UserError
+from .errors import exit_with as _fail
 
 analysis_app = typer.Typer(help="The paper's worked examples: App. C, App. D (Fig. 4), Fig. 2.",
                            no_args_is_help=True, rich_markup_mode=None)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:

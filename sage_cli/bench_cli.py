@@ -7,12 +7,9 @@ from typing import Optional, Tuple
 
 import typer
 
+from .errors import exit_with as _fail
+
 MODEL_CHOICES = ("small_cnn", "resnet50", "vit_b16", "vit_tiny", "mtan")
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _mb(n) -> str:

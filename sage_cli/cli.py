@@ -12,6 +12,7 @@ import typer
 from .analysis_cli import register as register_analysis
 from .bench_cli import register as register_bench
 from .errors import UserError
+from .errors import exit_with as _fail
 
 app = typer.Typer(
     name="sage",
@@ -21,11 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _load(recipe: Path, overrides: list[str] | None, seed: int | None = None, test_env: int | None = None):

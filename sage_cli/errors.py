@@ -11,6 +11,14 @@ class UserError(ValueError):
     exit_code = 2
 
 
+def exit_with(message: str, code: int = 2):
+    """A command's one-line error: ``error: message`` on stderr, exit ``code``."""
+    import typer
+
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the run is marked FAILED."""
 

@@ -19,6 +19,7 @@ from .grads import (
     global_norm,
     grads_of,
     loss_weights,
+    weighted_sum,
 )
 
 
@@ -78,7 +79,7 @@ class WrappedOptimizer(torch.optim.Optimizer):
         if self.aggregator is not None:
             return self.aggregator.gradients(losses, params, per_task, gram)
         if per_task is not None:
-            return [sum(float(w) * g[i] for w, g in zip(weights, per_task)) for i in range(len(params))]
+            return weighted_sum(per_task, weights)
         return grads_of((weights * losses).sum(), params)
 
     def shared_mask(self, params) -> list[bool]:

@@ -274,7 +274,6 @@ class _Embedding(Function):
     def forward(ctx, index, weight, collector, padding_idx):
         ctx.collector, ctx.padding_idx = collector, padding_idx
         ctx.save_for_backward(index)
-        ctx.shape = weight.shape
         ctx.weight = weight
         return F.embedding(index, weight, padding_idx)
 
@@ -284,7 +283,7 @@ class _Embedding(Function):
         col = ctx.collector
         blocks = []
         for d, ik in zip(col.split(grad_out), col.split(index)):
-            g = torch.zeros(ctx.shape, dtype=grad_out.dtype, device=grad_out.device)
+            g = torch.zeros(ctx.weight.shape, dtype=grad_out.dtype, device=grad_out.device)
             g.index_add_(0, ik.reshape(-1), _rows(d))
             if ctx.padding_idx is not None:
                 g[ctx.padding_idx] = 0

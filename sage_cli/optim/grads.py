@@ -41,6 +41,11 @@ def per_distribution_grads(losses: torch.Tensor, params: list[torch.Tensor]) -> 
     return [grads_of(losses[k], params, retain_graph=k < K - 1) for k in range(K)]
 
 
+def weighted_sum(per_dist: list[list[torch.Tensor]], weights) -> list[torch.Tensor]:
+    """Σ_k w_k g_k for every parameter."""
+    return [sum(float(w) * g[i] for w, g in zip(weights, per_dist)) for i in range(len(per_dist[0]))]
+
+
 def flatten(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.reshape(-1).float() for g in grads])
 

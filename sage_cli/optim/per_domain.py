@@ -28,6 +28,7 @@ from .grads import (
     gram_matrix,
     loss_weights,
     per_distribution_grads,
+    weighted_sum,
 )
 
 _BLOCKS: ContextVar[list[int] | None] = ContextVar("sage_batch_blocks", default=None)
@@ -78,13 +79,14 @@ class PerDomainGradients:
     def plan(self, params) -> tuple[list, str | None]:
         if self._disabled:
             return [], self._disabled
-        if current_blocks() is None:
-            return [], "the losses are not means over blocks of one batch"
         if self.model is None:
             return [], "the optimizer was given no model"
         return block_rules.plan(self.model, params)
 
     def measure(self, closure, weights: torch.Tensor, params):
+        if current_blocks() is None:  # the losses are not per-block means (MTL, IRM, …): nothing to say
+            self.path = "exact"
+            return self._exact(closure(), weights, params)
         installs, why = self.plan(params)
         if installs:
             rng = _Rng()
@@ -121,9 +123,7 @@ class PerDomainGradients:
     def _exact(losses, weights, params):
         losses = as_loss_vector(losses)
         per_dist = per_distribution_grads(losses, params)
-        w = loss_weights(losses, weights)
-        grads = [sum(float(wk) * g[i] for wk, g in zip(w, per_dist)) for i in range(len(params))]
-        return losses.detach(), grads, gram_matrix(per_dist)
+        return losses.detach(), weighted_sum(per_dist, loss_weights(losses, weights)), gram_matrix(per_dist)
 
     # --- the first measurement is checked -----------------------------------------------------------
     def _check(self, closure, weights, params, rng_before, out):
@@ -145,8 +145,8 @@ class PerDomainGradients:
         self._report(why)
 
     def _report(self, why: str | None) -> None:
-        if why != self.reason and why != "the losses are not means over blocks of one batch":
-            self.notice(f"per-domain gradients by {len(current_blocks() or [])} backward passes "
+        if why != self.reason:
+            self.notice(f"per-domain gradients by {len(current_blocks())} backward passes "
                         f"(exact path): {why}")
         self.reason = why
 

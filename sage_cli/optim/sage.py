@@ -44,13 +44,9 @@ class SpectralAscent:
         self.dtype = POLAR_DTYPES[polar_dtype]
 
     @torch.no_grad()
-    def __call__(self, p: torch.Tensor, g: torch.Tensor, rho: float | None = None) -> torch.Tensor | None:
-        """ε for parameter ``p`` from its gradient ``g``; ``rho`` is its group's radius (default: this one's)."""
-        return self.many([p], [g], [rho])[0]
-
-    @torch.no_grad()
     def many(self, params, grads, rhos) -> list[torch.Tensor | None]:
-        """ε for every parameter; the matrices' polar factors are computed together (``polar_many``)."""
+        """ε for every parameter from its gradient and its group's radius (None: this one's); the matrices'
+        polar factors are computed together (``polar_many``)."""
         rhos = [self.rho if r is None else r for r in rhos]
         eps: list[torch.Tensor | None] = [None] * len(params)
         matrices = [i for i, p in enumerate(params) if p.ndim >= 2]

@@ -86,14 +86,11 @@ class Spool:
 
 def sync(folders: list[Path]) -> list[tuple[Path, int, int]]:
     """Replay every spool under ``folders`` (run folders, or their parents); (file, sent, left) each."""
-    import os
-
     from mlflow.tracking import MlflowClient
 
-    from .store import server_unreachable
+    from .store import fail_fast_requests, server_unreachable
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a server still away: say so, do not hang
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    fail_fast_requests()  # a server still away: say so, do not hang
     clients: dict[str, object] = {}
     away: dict[str, bool] = {}
 

@@ -11,6 +11,7 @@ broken (``_alembic_tmp_experiments already exists``).
 from __future__ import annotations
 
 import contextlib
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,13 @@ def check_store(uri: str) -> None:
         return
     if uri.startswith("file:") or "://" not in uri:  # a file store folder
         _check_writable(Path(uri.removeprefix("file://").removeprefix("file:")), f"cannot write the MLflow store {uri}")
+
+
+def fail_fast_requests() -> None:
+    """MLflow's HTTP client retries for minutes by default; a server that is away should fail a write at once
+    (the write is then kept, see ``spool.py``)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def server_unreachable(uri: str) -> bool:

@@ -25,6 +25,7 @@ from ..errors import Preempted, TrainingDiverged, UserError
 from ..recipe import Recipe
 from ..track.mlflow_run import MlflowRun, experiment_id_for, resolve_tracking_uri, run_status
 from ..track.spool import SPOOL_NAME
+from ..track.store import fail_fast_requests
 
 
 @dataclass
@@ -133,8 +134,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     uri = resolve_tracking_uri(recipe.tracking.uri)
     check_store(uri)  # unreachable, unwritable or corrupt: one line, before any run (or run folder) exists
     if uri.startswith(("http://", "https://")):  # a server that goes away: a write fails fast and is kept
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        fail_fast_requests()
     ckpt_path = checkpoint_path_for(recipe)
     with RunLock(ckpt_path.parent, wait, notice=console.print):  # and so does an unwritable output_dir
         return _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop)

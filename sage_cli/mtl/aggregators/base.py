@@ -108,7 +108,7 @@ class GradientAggregator(Aggregator):
     needs_jacobian = True
 
     def combine(self, J: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        if type(self).weights is GradientAggregator.weights:
+        if not self.from_gramian:
             raise NotImplementedError
         return self.weights(J @ J.T).to(J.dtype) @ J
 
