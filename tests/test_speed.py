@@ -139,7 +139,8 @@ def test_bench_with_train_mode_batchnorm_reports_the_exact_path():
 
 @pytest.mark.parametrize("args, message", [(["--model", "vgg"], "--model 'vgg'"),
                                            (["--polar-dtype", "fp8"], "--polar-dtype 'fp8'"),
-                                           (["--device", "cuda"], "no CUDA device")])
+                                           (["--device", "cuda"], "no CUDA device"),
+                                           (["--batch", "2", "--domains", "3"], "gives a domain no image")])
 def test_bench_bad_input_is_one_line_exit_2(args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
