@@ -19,6 +19,13 @@ def exit_with(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def notice(message: str) -> None:
+    """A one-line note on stderr that does not stop anything (a fallback taken, a state not carried over)."""
+    import sys
+
+    print(f"sage: {message}", file=sys.stderr, flush=True)
+
+
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the run is marked FAILED."""
 

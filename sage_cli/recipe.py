@@ -26,6 +26,7 @@ from .catalog import AGGREGATORS, DATASETS, METHODS, MODELS, OBJECTIVES
 from .errors import UserError
 from .registry import Registry, did_you_mean
 from .sections import (  # the plain sections, re-exported: the recipe's own schema
+    DATASET_NOT_IDENTITY,
     DG_ONLY_DATASET,
     TRAINING_NOT_IDENTITY,
     TRAINING_ONLY,
@@ -123,7 +124,7 @@ class Recipe(Section):
     def identity(self) -> dict:
         """What acts on the run, and differs from its default (see the README's "Run identity")."""
         kind = self.kind
-        dataset_skip = DG_ONLY_DATASET if kind == "mtl" else ()
+        dataset_skip = (*DATASET_NOT_IDENTITY, *(DG_ONLY_DATASET if kind == "mtl" else ()))
         other = TRAINING_ONLY["mtl" if kind == "dg" else "dg"]
         ident = {
             "dataset": {"name": self.dataset.name, **non_defaults(self.dataset, exclude=("name", *dataset_skip))},

@@ -18,6 +18,19 @@ class DatasetConfig(Section):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)  # DG only
     image_size: int = Field(224, gt=0)  # image datasets on disk
     corrupt_images: Literal["fail", "skip"] = "fail"
+    # how images are loaded, never what they are (not part of a run's identity): worker processes that decode
+    # training batches ahead of the step (auto: the CPUs this process may use, minus one; 0: in the training
+    # process), and evaluation from a uint8 cache of the resized images (see data/eval_cache.py)
+    workers: Literal["auto"] | int = Field("auto")
+    eval_cache: bool = True
+    cache_dir: str | None = None  # default: $SAGE_CACHE, else <data root>/.sage-cache
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("workers must be auto or a count >= 0")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -43,6 +56,7 @@ class DatasetConfig(Section):
 
 
 DG_ONLY_DATASET = ("test_envs", "holdout_fraction", "image_size", "corrupt_images")
+DATASET_NOT_IDENTITY = ("workers", "eval_cache", "cache_dir")
 
 
 class BackboneConfig(Section):
@@ -70,6 +84,12 @@ class TrainingConfig(Section):
     checkpoint_freq: int = Field(300, gt=0)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # tf32: fp32 storage, TF32 matmuls and convolutions on CUDA (no effect on a CPU); bf16: forward and backward
+    # passes under bfloat16 autocast, parameters and optimizer state in fp32
+    precision: Literal["fp32", "tf32", "bf16"] = "tf32"
+    # deterministic algorithms (CUDA: cuBLAS workspace, no cuDNN benchmark); off: cuDNN picks the fastest
+    # kernels and convnets run channels_last. Not part of the identity: it changes bits, not what is computed
+    deterministic: bool = False
     # per_env: batch_size from every training env each step (DomainBed); uniform: batch_size in all, each
     # image's env drawn uniformly (the paper's "batch 12 sampled uniformly across source domains")
     batch_sampling: Literal["per_env", "uniform"] = "per_env"
@@ -83,7 +103,7 @@ class TrainingConfig(Section):
 # what acts only on one kind of dataset (left out of the other kind's identity); where it runs never acts
 TRAINING_ONLY = {"dg": ("steps", "checkpoint_freq", "batch_sampling"),
                  "mtl": ("epochs", "lr_step_epochs", "lr_gamma", "report_epochs")}
-TRAINING_NOT_IDENTITY = ("device", "output_dir")
+TRAINING_NOT_IDENTITY = ("device", "output_dir", "deterministic")
 
 
 class DiagnosticsConfig(Section):

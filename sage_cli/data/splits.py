@@ -1,7 +1,8 @@
 """Environments, DomainBed's per-environment splits, and resumable infinite samplers.
 
 An environment is anything with ``labels`` (a LongTensor), ``len()`` and ``load(i, train, seed) -> (x, y)``;
-in-memory ones may also offer ``batch(indices)``, a fast path.
+in-memory ones may also offer ``batch(indices)``, a fast path, and image folders ``batch_pixels(indices)``
+(evaluation pixels from a cache) and ``normalize`` (uint8 pixels → the model's input, applied on the device).
 """
 
 from __future__ import annotations
@@ -34,11 +35,23 @@ class TensorEnv:
 
 
 def load_batch(env, indices: torch.Tensor, train: bool, seeds: torch.Tensor | None = None):
+    """(x, y) of ``indices``, on the CPU, as the env stores them (uint8 pixels for image folders)."""
     if hasattr(env, "batch"):
         return env.batch(indices)
+    cached = env.batch_pixels(indices) if not train and hasattr(env, "batch_pixels") else None
+    if cached is not None:
+        return cached
     seeds = seeds if seeds is not None else torch.zeros(len(indices), dtype=torch.long)
     items = [env.load(int(i), train, int(s)) for i, s in zip(indices, seeds)]
     return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items], dtype=torch.long)
+
+
+def to_device(env, x: torch.Tensor, y: torch.Tensor, device):
+    """A batch of ``env`` as the model reads it on ``device`` (copied without waiting when the memory is pinned,
+    normalised there when the env stores uint8 pixels)."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    normalize = getattr(env, "normalize", None)
+    return (normalize(x) if normalize is not None else x), y
 
 
 @dataclass
@@ -69,11 +82,17 @@ class InfiniteSampler:
         self.split, self.batch_size = split, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next(self, n: int | None = None):
+    def draw(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(env indices, per-item augmentation seeds) of the next ``n`` images: what a batch is, decided here;
+        loading it (here or in a worker) only executes."""
         n = self.batch_size if n is None else n
         positions = torch.randint(len(self.split), (n,), generator=self.generator)
-        seeds = torch.randint(2**31 - 1, (n,), generator=self.generator)  # per-item augmentation seeds
-        return load_batch(self.split.env, self.split.indices[positions], train=True, seeds=seeds)
+        seeds = torch.randint(2**31 - 1, (n,), generator=self.generator)
+        return self.split.indices[positions], seeds
+
+    def next(self, n: int | None = None):
+        indices, seeds = self.draw(n)
+        return load_batch(self.split.env, indices, train=True, seeds=seeds)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

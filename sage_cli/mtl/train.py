@@ -16,6 +16,7 @@ from ..optim.grads import frozen_norm_stats
 from ..recipe import Recipe
 from ..train.checkpoint import GeneratorState, Record
 from ..train.loop import STAT_KEYS, TrainResult, train
+from ..train.runtime import Runtime
 from .data import MTLData, task_batch
 from .losses import task_loss
 
@@ -29,9 +30,10 @@ class MTLTask:
 
     resumable_anywhere = False
 
-    def __init__(self, recipe: Recipe, data: MTLData, device: torch.device):
+    def __init__(self, recipe: Recipe, data: MTLData, runtime: Runtime):
         seed = recipe.training.seed
-        self.recipe, self.data, self.device = recipe, data, device
+        device = runtime.device
+        self.recipe, self.data, self.device, self.runtime = recipe, data, device, runtime
         model = MODELS.get(recipe.backbone.name)(data.tasks, data.n_classes, recipe.backbone)
         self.model = model.to(device).train()
         self.aggregator = recipe.aggregator.build(len(data.tasks), seed_hash(seed, "aggregator"))
@@ -64,8 +66,9 @@ class MTLTask:
         model, tasks = self.model, self.data.tasks
 
         def closure():
-            out = model(x)
-            return torch.stack([task_loss(t, out[t], y[t]) for t in tasks])
+            with self.runtime.autocast():
+                out = model(x)
+                return torch.stack([task_loss(t, out[t], y[t]) for t in tasks])
 
         losses = self.optimizer.step(closure)
         if torch.isfinite(losses).all() and self.aggregator.wants_losses_after_update:
@@ -73,6 +76,9 @@ class MTLTask:
                 self.aggregator.after_update(losses, closure())
         self.sums += losses.detach().cpu()
         return float(losses.sum()), self.optimizer.stats
+
+    def close(self) -> None:
+        pass
 
     def distribution_losses(self, batches: int, seed: int):
         """Every task's loss on the same fixed training samples (no augmentation), against the shared
@@ -117,8 +123,11 @@ class MTLProtocol:
     def load(self, recipe: Recipe) -> MTLData:
         return load_mtl_data(recipe)
 
-    def start(self, recipe: Recipe, data: MTLData, device) -> MTLTask:
-        return MTLTask(recipe, data, device)
+    def start(self, recipe: Recipe, data: MTLData, runtime: Runtime) -> MTLTask:
+        return MTLTask(recipe, data, runtime)
+
+    def loader_workers(self, recipe: Recipe, data) -> int:
+        return 0  # batches are loaded in the training process (not yet through the worker pipeline)
 
     def total_steps(self, recipe: Recipe, data) -> int:
         return recipe.training.epochs * -(-len(data.train) // recipe.training.batch_size)

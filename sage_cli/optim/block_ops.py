@@ -81,21 +81,47 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
+# Under autocast (``training.precision: bf16``) these functions do what autocast does to the ops they replace:
+# matmuls and convolutions in the autocast dtype, norms in float32 (torch's autocast op lists). They run their
+# forward with autocast off on explicitly cast tensors and their backward in the same dtypes (autocast is not
+# active in a backward), and hand each input gradient back in its input's dtype.
+def _matmul_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast runs a matmul in on ``x``'s device now, or None outside autocast."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def _cast(dtype, *tensors):
+    return tuple(t.to(dtype) if dtype is not None and t is not None else t for t in tensors)
+
+
+def _no_autocast(x: torch.Tensor):
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _norm_dtype(x: torch.Tensor) -> torch.dtype | None:
+    return torch.float32 if _matmul_dtype(x) is not None else None
+
+
 class _Linear(Function):
     """y = x Wᵀ + b (or x P for a projection stored input × output, ``transposed``), over the last dimension."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, collector, transposed):
         ctx.collector, ctx.transposed = collector, transposed
+        ctx.dtype, ctx.in_dtype = _matmul_dtype(x), x.dtype
         ctx.save_for_backward(x, weight, bias)
-        return F.linear(x, weight.mT if transposed else weight, bias)
+        xc, wc, bc = _cast(ctx.dtype, x, weight, bias)
+        with _no_autocast(x):
+            return F.linear(xc, wc.mT if transposed else wc, bc)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias = ctx.saved_tensors
+        x, w = _cast(ctx.dtype, x, weight)  # ``weight`` itself stays: the collector knows the parameter by it
         col = ctx.collector
-        W = weight.mT if ctx.transposed else weight
-        grad_x = grad_out @ W if ctx.needs_input_grad[0] else None
+        W = w.mT if ctx.transposed else w
+        grad_x = (grad_out @ W).to(ctx.in_dtype) if ctx.needs_input_grad[0] else None
         pairs = list(zip(col.split(grad_out), col.split(x)))
         blocks = torch.stack([_rows(d).mT @ _rows(xk) for d, xk in pairs])
         col.add(weight, blocks.mT if ctx.transposed else blocks)
@@ -117,22 +143,26 @@ class _Conv(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, collector, stride, padding, dilation, groups):
         ctx.collector, ctx.conf = collector, (stride, padding, dilation, groups)
+        ctx.dtype, ctx.in_dtype = _matmul_dtype(x), x.dtype
         ctx.save_for_backward(x, weight, bias)
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        xc, wc, bc = _cast(ctx.dtype, x, weight, bias)
+        with _no_autocast(x):
+            return F.conv2d(xc, wc, bc, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias = ctx.saved_tensors
+        x, w = _cast(ctx.dtype, x, weight)  # ``weight`` itself stays: the collector knows the parameter by it
         stride, padding, dilation, groups = ctx.conf
         col = ctx.collector
 
         def backward(d, xx, mask):
-            return torch.ops.aten.convolution_backward(d, xx, weight, None, stride, padding, dilation, False,
+            return torch.ops.aten.convolution_backward(d, xx, w, None, stride, padding, dilation, False,
                                                        [0] * len(stride), groups, mask)
 
-        grad_x = backward(grad_out, x, [True, False, False])[0] if ctx.needs_input_grad[0] else None
+        grad_x = backward(grad_out, x, [True, False, False])[0].to(ctx.in_dtype) if ctx.needs_input_grad[0] else None
         pairs = list(zip(col.split(grad_out), col.split(x)))
-        col.add(weight, torch.stack([backward(d, xk, [False, True, False])[1] if len(d) else torch.zeros_like(weight)
+        col.add(weight, torch.stack([backward(d, xk, [False, True, False])[1] if len(d) else torch.zeros_like(w)
                                      for d, xk in pairs]))
         if bias is not None:
             col.add(bias, torch.stack([d.sum((0, *range(2, d.ndim))) for d, _ in pairs]))
@@ -159,7 +189,7 @@ class _Affine(Function):
     def backward(ctx, grad_out):
         xhat, weight, bias = ctx.saved_tensors
         col, view = ctx.collector, ctx.view
-        grad_x = grad_out * weight.view(view) if ctx.needs_input_grad[0] else None
+        grad_x = (grad_out * weight.view(view)).to(xhat.dtype) if ctx.needs_input_grad[0] else None
         _affine_blocks(col, weight, bias, grad_out, xhat, view)
         return grad_x, None, None, None, None
 
@@ -186,7 +216,10 @@ class _LayerNorm(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, collector, shape, eps):
-        y, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.dtype, ctx.in_dtype = _norm_dtype(x), x.dtype
+        (xc,) = _cast(ctx.dtype, x)
+        with _no_autocast(x):
+            y, mean, rstd = torch.native_layer_norm(xc, shape, weight, bias, eps)
         ctx.collector, ctx.shape = collector, shape
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y
@@ -194,10 +227,12 @@ class _LayerNorm(Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, mean, rstd = ctx.saved_tensors
+        (x,) = _cast(ctx.dtype, x)
+        grad_out = grad_out.to(x.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_layer_norm_backward(grad_out, x, ctx.shape, mean, rstd, weight, bias,
-                                                               [True, False, False])[0]
+                                                               [True, False, False])[0].to(ctx.in_dtype)
         _affine_blocks(ctx.collector, weight, bias, grad_out, (x - mean) * rstd, ctx.shape)
         return grad_x, None, None, None, None, None
 
@@ -213,7 +248,10 @@ class _GroupNorm(Function):
     def forward(ctx, x, weight, bias, collector, groups, eps):
         N, C = x.shape[:2]
         hw = x[0, 0].numel()
-        y, mean, rstd = torch.native_group_norm(x, weight, bias, N, C, hw, groups, eps)
+        ctx.dtype, ctx.in_dtype = _norm_dtype(x), x.dtype
+        (xc,) = _cast(ctx.dtype, x)
+        with _no_autocast(x):
+            y, mean, rstd = torch.native_group_norm(xc, weight, bias, N, C, hw, groups, eps)
         ctx.collector, ctx.conf = collector, (N, C, hw, groups)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y
@@ -221,11 +259,13 @@ class _GroupNorm(Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, mean, rstd = ctx.saved_tensors
+        (x,) = _cast(ctx.dtype, x)
+        grad_out = grad_out.to(x.dtype)
         N, C, hw, groups = ctx.conf
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_group_norm_backward(grad_out.contiguous(), x, mean, rstd, weight, N, C, hw,
-                                                               groups, [True, False, False])[0]
+                                                               groups, [True, False, False])[0].to(ctx.in_dtype)
         xhat = ((x.reshape(N, groups, -1) - mean[..., None]) * rstd[..., None]).reshape(x.shape)
         _affine_blocks(ctx.collector, weight, bias, grad_out, xhat, (C,) + (1,) * (x.ndim - 2))
         return grad_x, None, None, None, None, None
@@ -243,6 +283,7 @@ class _FrozenBatchNorm(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, collector, mean, var, eps):
+        (x,) = _cast(_norm_dtype(x), x)  # autocast runs batch_norm in float32; so does the backward, from this x
         invstd = torch.rsqrt(var + eps)
         scale = weight * invstd
         view = (-1,) + (1,) * (x.ndim - 2)
@@ -254,7 +295,7 @@ class _FrozenBatchNorm(Function):
     def backward(ctx, grad_out):
         x, weight, bias, mean, invstd, scale = ctx.saved_tensors
         col = ctx.collector
-        grad_x = grad_out * scale.view(ctx.view) if ctx.needs_input_grad[0] else None
+        grad_x = (grad_out * scale.view(ctx.view)).to(x.dtype) if ctx.needs_input_grad[0] else None
         dims = (0, *range(2, x.ndim))
         d_sums = [d.sum(dims) for d in col.split(grad_out)]
         dx_sums = [(d * xk).sum(dims) for d, xk in zip(col.split(grad_out), col.split(x))]

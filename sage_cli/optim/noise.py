@@ -35,6 +35,25 @@ class NoiseSource:
         self.seed = int(state.get("seed", self.seed))
         self._generators = {}
         for key, gen_state in state.get("generators", {}).items():
-            gen = torch.Generator(device=key)
+            device = _here(key)
+            if device is None:
+                from ..errors import notice
+
+                notice(f"the checkpoint's {key} noise generator cannot continue without a CUDA device: "
+                       f"noise on this machine is drawn afresh from seed {self.seed} (the run is no longer "
+                       "bit-identical to an uninterrupted one)")
+                continue
+            gen = torch.Generator(device=device)
             gen.set_state(gen_state)
-            self._generators[key] = gen
+            self._generators[str(device)] = gen
+
+
+def _here(key: str) -> torch.device | None:
+    """Where a generator saved on device ``key`` continues: a CUDA one on this process's current CUDA device (its
+    state is a seed and an offset, the same on any GPU), None without one."""
+    device = torch.device(key)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        return None
+    return torch.device("cuda", torch.cuda.current_device())

@@ -14,12 +14,12 @@ what is computed never changes, only how fast.
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
 
+from ..errors import notice
 from . import block_ops, block_rules
 from .grads import (
     as_loss_vector,
@@ -49,10 +49,6 @@ def current_blocks() -> list[int] | None:
     return _BLOCKS.get()
 
 
-def _notice(message: str) -> None:
-    print(f"sage: {message}", file=sys.stderr, flush=True)
-
-
 class _Rng:
     """The global RNG states (CPU and initialised CUDA devices): dropout replays when set back."""
 
@@ -69,8 +65,12 @@ class _Rng:
 class PerDomainGradients:
     """``measure(closure, weights, params)`` → (losses, ḡ per parameter, K×K Gramian), by the fastest exact path."""
 
-    def __init__(self, model=None, notice=_notice, verify: bool = True):
+    def __init__(self, model=None, notice=notice, verify: bool = True, tolerance: float = 1e-3):
         self.model, self.notice, self.verify = model, notice, verify
+        # how far the first one-backward measurement may be from the exact one: float32 rounding by default; a
+        # trainer under TF32 or bfloat16 raises it to that precision's (train/runtime.py), so a GPU run does
+        # not fall back to K backward passes over rounding
+        self.tolerance = tolerance
         self.path: str | None = None  # the path the last measurement took
         self.reason: str | None = None  # why the one-backward path was not taken
         self._disabled: str | None = None
@@ -134,7 +134,7 @@ class PerDomainGradients:
             exact = self._exact(closure(), weights, params)
         after.restore()
         self._verified = True
-        problem = mismatch(out[1], out[2], exact[1], exact[2])
+        problem = mismatch(out[1], out[2], exact[1], exact[2], self.tolerance)
         if problem:
             self._disable(f"the one-backward statistics differ from the exact ones ({problem})")
             return exact

@@ -23,6 +23,7 @@ class Record:
     step: int
     metrics: dict[str, float]
     row: dict
+    tags: dict | None = None  # run tags learnt while training (the per-domain path), not kept in checkpoints
 
 
 def results_jsonl(history: list[Record]) -> str:
@@ -76,17 +77,31 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def rng_state() -> dict:
+    """The global RNGs: CPU, Python, and the current CUDA device's only (a job trains on one GPU; saving every
+    visible one's made a checkpoint unloadable where fewer GPUs are visible)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state()``'s RNGs; a CUDA state without a CUDA device (a GPU checkpoint resumed on a CPU) is
+    left out with a note."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # checkpoints before one-device states: every visible GPU's
+        cuda = cuda[0] if cuda else None
+    if cuda is None:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
+    else:
+        from ..errors import notice
+
+        notice("this checkpoint comes from a GPU run and no CUDA device is visible: its CUDA random state is "
+               "left out (dropout and noise on the CPU continue from their own states)")
 
 
 def meta_path(checkpoint: str | Path) -> Path:
@@ -156,6 +171,29 @@ def verified_meta(checkpoint: str | Path) -> tuple[dict | None, str | None]:
                       f"(step {previous['step']})")
 
 
+class Window:
+    """Values gathered step by step between two checkpoints (the statistics a checkpoint averages); a part of
+    the training state, so a run stopped between two checkpoints averages the same steps once resumed."""
+
+    def __init__(self):
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self.values.setdefault(key, []).append(float(value))
+
+    def means(self) -> dict[str, float]:
+        return {k: sum(v) / len(v) for k, v in self.values.items() if v}
+
+    def clear(self) -> None:
+        self.values = {}
+
+    def state_dict(self) -> dict:
+        return {"values": {k: list(v) for k, v in self.values.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = {k: list(v) for k, v in state["values"].items()}
+
+
 class GeneratorState:
     """A torch.Generator seen as something with a state dict (to checkpoint samplers' draws)."""
 
@@ -187,6 +225,7 @@ def restore_training_state(path, parts: dict) -> tuple[list[Record], int | None]
         return [], None
     state = load_checkpoint(path)
     for name, part in parts.items():
-        part.load_state_dict(state["parts"][name])
+        if name in state["parts"] or not isinstance(part, Window):  # windows: absent from older checkpoints
+            part.load_state_dict(state["parts"][name])
     set_rng_state(state["rng"])
     return [Record(r["step"], r["metrics"], r["row"]) for r in state["history"]], state["step"] + 1

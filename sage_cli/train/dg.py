@@ -4,6 +4,7 @@ last step), DomainBed-format JSON rows, and a resumable checkpoint at each of th
 
 from __future__ import annotations
 
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -11,13 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from ..catalog import DATASETS, MODELS
-from ..data.splits import InfiniteSampler, Split, load_batch, seed_hash, split_env
+from ..data.pipeline import Item, Pipeline, in_memory, resolve_workers
+from ..data.splits import InfiniteSampler, Split, load_batch, seed_hash, split_env, to_device
+from ..errors import notice
 from ..optim.build import build_optimizer
 from ..optim.grads import flatten, grads_of
 from ..optim.per_domain import batch_blocks
 from ..recipe import Recipe
-from .checkpoint import Record
+from .checkpoint import Record, Window
 from .loop import TrainResult, train
+from .runtime import Runtime
 
 
 @dataclass
@@ -40,6 +44,10 @@ def load_dg_data(recipe: Recipe) -> DGData:
     normalization = "clip" if recipe.backbone.name.startswith("clip") else "imagenet"
     dataset = spec(root=cfg.root, image_size=cfg.image_size, normalization=normalization,
                    corrupt_images=cfg.corrupt_images)
+    if cfg.eval_cache and hasattr(dataset, "image_size") and not in_memory(dataset.datasets):
+        from ..data.eval_cache import prepare
+
+        prepare(cfg.name, dataset, cfg.cache_dir, resolve_workers(cfg.workers), say=notice)
     splits = []
     for i, env in enumerate(dataset.datasets):
         out_split, in_split = split_env(env, cfg.holdout_fraction, seed_hash(recipe.training.seed, i))
@@ -50,24 +58,50 @@ def load_dg_data(recipe: Recipe) -> DGData:
                   splits, [i for i in range(n) if i not in cfg.test_envs], list(cfg.test_envs))
 
 
-@torch.no_grad()
-def accuracy(model, split: Split, device) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for x, y in split.batches():
-        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
-    model.train(was_training)
-    return correct / max(len(split), 1)
+EVAL_BATCH = 256
+
+
+class Evaluation:
+    """Every env's in/out accuracy: pixels from the evaluation cache where attached, else decoded by a persistent
+    pool of workers (``dataset.eval_cache: false``), in the order and batches of decoding in the process (so the
+    accuracies are the same whichever way the pixels come)."""
+
+    def __init__(self, data: DGData, runtime: Runtime, workers: int):
+        self.data, self.runtime = data, runtime
+        envs = [s["in"].env for s in data.splits]
+        self.keys = [(i, name) for i in range(len(data.splits)) for name in ("in", "out")]
+        self.items = [(key, Item.of(key[0], data.splits[key[0]][key[1]].indices[j:j + EVAL_BATCH]))
+                      for key in self.keys for j in range(0, len(data.splits[key[0]][key[1]]), EVAL_BATCH)]
+        decode = [item for _, item in self.items if getattr(envs[item.env], "pixels", 1) is None]
+        self.pipeline = Pipeline(envs, workers if decode else 0, pin_memory=runtime.device.type == "cuda",
+                                 persistent=True)
+        self._work = [item for _, item in self.items]
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[tuple[int, str], float]:
+        was_training = model.training
+        model.eval()
+        correct = dict.fromkeys(self.keys, 0)
+        for (key, _), (x, y) in zip(self.items, self.pipeline.stream(self._work)):
+            x, y = to_device(self.data.splits[key[0]]["in"].env, x, y, self.runtime.device)
+            with self.runtime.autocast():
+                out = model(x)
+            correct[key] += int((out.argmax(1) == y).sum())
+        model.train(was_training)
+        return {key: correct[key] / max(len(self.data.splits[key[0]][key[1]]), 1) for key in self.keys}
+
+    def close(self) -> None:
+        self.pipeline.close()
 
 
 class TargetAlignment:
     """cos(mean training-env gradient, held-out env gradient) on fixed batches (the paper's App. F)."""
 
-    def __init__(self, data: DGData, size: int = 64):
-        self.batches = {i: load_batch(s["in"].env, s["in"].indices[:size], train=False)
+    def __init__(self, data: DGData, runtime: Runtime, size: int = 64):
+        self.batches = {i: (s["in"].env, load_batch(s["in"].env, s["in"].indices[:size], train=False))
                         for i, s in enumerate(data.splits)}
         self.train_envs, self.test_env = data.train_envs, data.test_envs[0]
+        self.runtime = runtime
 
     def __call__(self, model, device) -> float:
         was_training = model.training
@@ -75,9 +109,12 @@ class TargetAlignment:
         params = [p for p in model.parameters() if p.requires_grad]
 
         def grad(i):
-            x, y = self.batches[i]
+            env, (x, y) = self.batches[i]
+            x, y = to_device(env, x, y, device)
             with torch.enable_grad():
-                return flatten(grads_of(F.cross_entropy(model(x.to(device)), y.to(device)), params))
+                with self.runtime.autocast():
+                    loss = F.cross_entropy(model(x), y)
+                return flatten(grads_of(loss, params))
 
         train = torch.stack([grad(i) for i in self.train_envs]).mean(0)
         target = grad(self.test_env)
@@ -85,33 +122,76 @@ class TargetAlignment:
         return float(F.cosine_similarity(train, target, dim=0))
 
 
-class Batcher:
-    """The per-step batches: ``per_env`` (DomainBed) or ``uniform`` (each image's env drawn uniformly)."""
+@dataclass
+class StepPlan:
+    """One step's batches as decided by the samplers: an item per env that got images, their sample counts
+    (``uniform``), and the samplers' state before the draw (what a checkpoint taken before this step holds)."""
 
-    def __init__(self, data: DGData, recipe: Recipe):
+    items: list[Item]
+    weights: torch.Tensor | None
+    state_before: dict
+
+
+class Batcher:
+    """The per-step batches: ``per_env`` (DomainBed) or ``uniform`` (each image's env drawn uniformly).
+
+    Steps are planned here, in order, from the samplers' generators, and loaded by a ``Pipeline`` (workers a
+    few steps ahead, or in this process): the same plans whatever the worker count. ``state_dict`` is the
+    samplers' state before the first planned step not yet consumed, so a resumed run plans it again."""
+
+    def __init__(self, data: DGData, recipe: Recipe, pipeline: Pipeline | None = None):
         t = recipe.training
-        self.mode, self.batch_size = t.batch_sampling, t.batch_size
+        self.data, self.mode, self.batch_size = data, t.batch_sampling, t.batch_size
+        self.envs = list(data.train_envs)
         self.samplers = [InfiniteSampler(data.splits[i]["in"], t.batch_size, seed_hash(t.seed, "sampler", i))
                          for i in data.train_envs]
         self.generator = torch.Generator().manual_seed(seed_hash(t.seed, "envs"))
+        self.pipeline = pipeline or Pipeline([s["in"].env for s in data.splits], 0)
+        self._planned: deque[StepPlan] = deque()
+        self._stream = None
 
-    def next(self):
-        """(xs, ys, weights): one batch per env that got images this step, and their sample counts."""
-        if self.mode == "per_env":
-            batches = [s.next() for s in self.samplers]
-            return [x for x, _ in batches], [y for _, y in batches], None
-        envs = torch.randint(len(self.samplers), (self.batch_size,), generator=self.generator)
-        counts = torch.bincount(envs, minlength=len(self.samplers))
-        batches = [s.next(int(n)) for s, n in zip(self.samplers, counts) if n > 0]
-        return [x for x, _ in batches], [y for _, y in batches], counts[counts > 0].float()
-
-    def state_dict(self) -> dict:
+    def _state(self) -> dict:
         return {"samplers": [s.state_dict() for s in self.samplers], "generator": self.generator.get_state()}
 
+    def plan(self) -> StepPlan:
+        """The next step's batches, drawn from the generators (nothing is loaded)."""
+        before = self._state()
+        if self.mode == "per_env":
+            items = [Item.of(e, *s.draw()) for e, s in zip(self.envs, self.samplers)]
+            return StepPlan(items, None, before)
+        envs = torch.randint(len(self.samplers), (self.batch_size,), generator=self.generator)
+        counts = torch.bincount(envs, minlength=len(self.samplers))
+        items = [Item.of(e, *s.draw(int(n))) for e, s, n in zip(self.envs, self.samplers, counts) if n > 0]
+        return StepPlan(items, counts[counts > 0].float(), before)
+
+    def _items(self):
+        while True:
+            plan = self.plan()
+            self._planned.append(plan)
+            yield from plan.items
+
+    def next(self):
+        """(xs, ys, weights): one batch per env that got images this step (on the CPU, pinned for a CUDA
+        device), and their sample counts."""
+        if self._stream is None:
+            self._stream = self.pipeline.stream(self._items())
+        first = next(self._stream)  # its step's plan was drawn before it, so it is the oldest planned one
+        plan = self._planned.popleft()
+        batches = [first] + [next(self._stream) for _ in plan.items[1:]]
+        return [x for x, _ in batches], [y for _, y in batches], plan.weights
+
+    def state_dict(self) -> dict:
+        return self._planned[0].state_before if self._planned else self._state()
+
     def load_state_dict(self, state: dict) -> None:
+        self.close()  # whatever was planned ahead belongs to the old state
         for s, st in zip(self.samplers, state["samplers"]):
             s.load_state_dict(st)
         self.generator.set_state(state["generator"])
+
+    def close(self) -> None:
+        self._stream = None  # a DataLoader iterator stops its workers when dropped
+        self._planned.clear()
 
 
 def select_training_domain(history: list[Record], train_envs) -> Record:
@@ -124,21 +204,31 @@ class DGTask:
 
     resumable_anywhere = True
 
-    def __init__(self, recipe: Recipe, data: DGData, device: torch.device):
+    def __init__(self, recipe: Recipe, data: DGData, runtime: Runtime):
         seed = recipe.training.seed
-        self.recipe, self.data, self.device = recipe, data, device
+        device = runtime.device
+        self.recipe, self.data, self.device, self.runtime = recipe, data, device, runtime
         model = MODELS.get(recipe.backbone.name)(data.input_shape, data.n_classes, recipe.backbone, data.classes)
         self.model = model.to(device).train()
+        if runtime.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.objective = recipe.objective.build(self.model, len(data.train_envs), data.n_classes)
         self.optimizer = build_optimizer(self.model, recipe.optimizer, seed=seed_hash(seed, "noise"),
                                          extra=self.objective.parameters())
-        self.batcher = Batcher(data, recipe)
+        envs = [s["in"].env for s in data.splits]
+        self.pipeline = Pipeline(envs, runtime.workers if not in_memory(envs) else 0,
+                                 pin_memory=device.type == "cuda")
+        self.batcher = Batcher(data, recipe, self.pipeline)
+        self.evaluation = Evaluation(data, runtime, runtime.workers)
+        per_domain = getattr(self.optimizer, "per_domain", None)
+        if per_domain is not None:
+            per_domain.tolerance = runtime.check_tolerance
         self.inner_seed = iter(range(10**9))
-        self.alignment = TargetAlignment(data)
+        self.alignment = TargetAlignment(data, runtime)
+        self.losses = Window()  # the training losses since the last evaluation
         self.parts = {"model": self.model, "optimizer": self.optimizer, "objective": self.objective,
-                      "batcher": self.batcher}
+                      "batcher": self.batcher, "losses": self.losses}
         self.total_steps = recipe.training.steps
-        self.losses: list[float] = []
 
     def first_step(self, resumed_from: int) -> int:
         return resumed_from
@@ -147,19 +237,33 @@ class DGTask:
         seed = seed_hash(self.recipe.training.seed, "inner", next(self.inner_seed))
         return build_optimizer(module, self.recipe.optimizer, seed=seed)
 
+    def close(self) -> None:
+        self.batcher.close()
+        self.evaluation.close()
+
     def step(self, step: int):
         xs, ys, weights = self.batcher.next()
-        xs, ys = [x.to(self.device) for x in xs], [y.to(self.device) for y in ys]
-        objective, model = self.objective, self.model
+        env = self.data.splits[self.data.train_envs[0]]["in"].env  # one dataset: one normalisation
+        pairs = [to_device(env, x, y, self.device) for x, y in zip(xs, ys)]
+        xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+        if self.runtime.channels_last and xs[0].ndim == 4:
+            xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+        objective, model, autocast = self.objective, self.model, self.runtime.autocast
+
+        def closure():
+            with autocast():
+                return objective.losses(model, xs, ys, weights)
+
         if getattr(objective, "owns_update", False):  # Fish: its meta-update drives the recipe's optimizer
-            losses = objective.update(model, xs, ys, weights, self.make_inner_optimizer)
+            with autocast():
+                losses = objective.update(model, xs, ys, weights, self.make_inner_optimizer)
         else:
             blocks = batch_blocks([len(x) for x in xs]) if objective.separable else nullcontext()
             with blocks:
-                losses = self.optimizer.step(lambda: objective.losses(model, xs, ys, weights), weights=weights)
+                losses = self.optimizer.step(closure, weights=weights)
         loss = float(losses.mean())
         objective.after_step(step)
-        self.losses.append(loss)
+        self.losses.add("loss", loss)
         return loss, getattr(objective, "inner_stats", None) or self.optimizer.stats
 
     def distribution_losses(self, batches: int, seed: int):
@@ -170,8 +274,9 @@ class DGTask:
         for i in self.data.train_envs:
             split = self.data.splits[i]["in"]
             order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed_hash(seed, "diagnose", i)))
-            x, y = load_batch(split.env, split.indices[order[:size]], train=False)
-            losses.append(F.cross_entropy(self.model(x.to(self.device)), y.to(self.device)))
+            x, y = to_device(split.env, *load_batch(split.env, split.indices[order[:size]], train=False), self.device)
+            with self.runtime.autocast():
+                losses.append(F.cross_entropy(self.model(x), y))
         return torch.stack(losses), [p for p in self.model.parameters() if p.requires_grad]
 
     def position_at(self, step: int) -> int | None:
@@ -180,11 +285,10 @@ class DGTask:
 
     def evaluate(self, step: int, window: dict[str, float]) -> Record:
         recipe, data = self.recipe, self.data
-        metrics = {**window, "loss": sum(self.losses) / len(self.losses)}
-        self.losses = []
-        for i, split in enumerate(data.splits):
-            for name in ("in", "out"):
-                metrics[f"env{i}_{name}_acc"] = accuracy(self.model, split[name], self.device)
+        metrics = {**window, **self.losses.means()}
+        self.losses.clear()
+        for (i, name), acc in self.evaluation(self.model).items():
+            metrics[f"env{i}_{name}_acc"] = acc
         metrics["target_alignment"] = self.alignment(self.model, self.device)
         row = {
             "args": {"dataset": recipe.dataset.name, "algorithm": recipe.optimizer.label,
@@ -195,7 +299,8 @@ class DGTask:
             "epoch": step * recipe.training.batch_size / min(len(data.splits[i]["in"]) for i in data.train_envs),
             **metrics,
         }
-        return Record(step, metrics, row)
+        path = getattr(getattr(self.optimizer, "per_domain", None), "path", None)
+        return Record(step, metrics, row, {"sage.per_domain_path": path} if path else None)
 
 
 class DGProtocol:
@@ -206,11 +311,15 @@ class DGProtocol:
     def load(self, recipe: Recipe) -> DGData:
         return load_dg_data(recipe)
 
-    def start(self, recipe: Recipe, data: DGData, device) -> DGTask:
-        return DGTask(recipe, data, device)
+    def start(self, recipe: Recipe, data: DGData, runtime: Runtime) -> DGTask:
+        return DGTask(recipe, data, runtime)
 
     def total_steps(self, recipe: Recipe, data) -> int:
         return recipe.training.steps
+
+    def loader_workers(self, recipe: Recipe, data: DGData) -> int:
+        """Worker processes for the input pipeline: none for data held in memory."""
+        return 0 if in_memory([s["in"].env for s in data.splits]) else resolve_workers(recipe.dataset.workers)
 
     def first_step(self, recipe: Recipe, data, resumed_from: int) -> int:
         return resumed_from

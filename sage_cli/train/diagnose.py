@@ -93,10 +93,11 @@ def load_task(target: Target, device: str = "cpu"):
     """The recipe's task, its model holding the checkpoint's parameters."""
     from ..catalog import PROTOCOLS
     from .checkpoint import load_checkpoint
+    from .runtime import Runtime
 
     protocol = PROTOCOLS.get(target.recipe.kind)
     data = protocol.load(target.recipe)
-    task = protocol.start(target.recipe, data, torch.device(device))
+    task = protocol.start(target.recipe, data, Runtime(torch.device(device), "fp32", False))
     try:
         state = load_checkpoint(target.checkpoint)
         task.model.load_state_dict(state["parts"]["model"])

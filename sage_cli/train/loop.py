@@ -19,7 +19,8 @@ import torch
 from ..errors import Preempted, TrainingDiverged
 from ..faults import pause_at
 from ..recipe import Recipe
-from .checkpoint import Record, restore_training_state, save_training_state, write_results
+from .checkpoint import Record, Window, restore_training_state, save_training_state, write_results
+from .runtime import Runtime, configure
 
 # optimizer statistics averaged over the steps between two checkpoints
 STAT_KEYS = ("agreement", "noise_scale", "grad_norm", "perturbation_norm")
@@ -44,6 +45,9 @@ class Task(Protocol):
     def evaluate(self, position: int, window: dict[str, float]) -> Record:
         """The record of ``position``; ``window`` holds the step statistics' means since the last one."""
 
+    def close(self) -> None:
+        """Stop what the task started (the input pipeline's workers)."""
+
     def distribution_losses(self, batches: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(the K per-distribution losses on ``batches`` fixed batches each, with their graph; the parameters
         they are measured against) — what ``sage diagnose`` and ``diagnostics.every`` differentiate."""
@@ -56,9 +60,11 @@ class TrainingProtocol(Protocol):
 
     def load(self, recipe: Recipe): ...
 
-    def start(self, recipe: Recipe, data, device: torch.device) -> Task: ...
+    def start(self, recipe: Recipe, data, runtime: Runtime) -> Task: ...
 
     def total_steps(self, recipe: Recipe, data) -> int: ...
+
+    def loader_workers(self, recipe: Recipe, data) -> int: ...
 
     def first_step(self, recipe: Recipe, data, resumed_from: int) -> int: ...
 
@@ -76,15 +82,14 @@ class TrainResult:
     resumed_from: int | None = None
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def runtime_for(recipe: Recipe, protocol, data) -> Runtime:
+    """Device, precision and loader workers of a run (torch's global switches set for it)."""
+    return configure(recipe.training, protocol.loader_workers(recipe, data))
 
 
 def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None,
           checkpoint_path: str | Path | None = None, extra_state: dict | None = None,
-          should_stop=None) -> TrainResult:
+          should_stop=None, runtime: Runtime | None = None) -> TrainResult:
     """Train one recipe; ``on_checkpoint(record)`` sees every evaluation, ``progress(step)`` every step.
 
     With ``checkpoint_path``, the full training state (model, optimizer with its noise generator, objective or
@@ -94,10 +99,21 @@ def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None
     from) when ``should_stop()`` turns true between two steps.
     """
     torch.manual_seed(recipe.training.seed)
-    device = pick_device(recipe.training.device)
     data = data if data is not None else protocol.load(recipe)
-    task = protocol.start(recipe, data, device)
-    history, resumed_from = restore_training_state(checkpoint_path, task.parts)
+    runtime = runtime or runtime_for(recipe, protocol, data)
+    # the intra-op thread count stays as it is whatever the loader's workers (it sets float reduction orders,
+    # and the worker count must not change a result); `sage run` makes idle OpenMP threads sleep instead
+    task = protocol.start(recipe, data, runtime)
+    try:
+        return _train(recipe, task, data, on_checkpoint, progress, checkpoint_path, extra_state, should_stop)
+    finally:
+        task.close()
+
+
+def _train(recipe, task, data, on_checkpoint, progress, checkpoint_path, extra_state, should_stop) -> TrainResult:
+    window = Window()  # the step statistics since the last evaluation
+    parts = {**task.parts, "window": window}
+    history, resumed_from = restore_training_state(checkpoint_path, parts)
     if checkpoint_path is not None:
         write_results(checkpoint_path, history)  # the rows of the restored history, or none
     total = task.total_steps
@@ -105,27 +121,26 @@ def train(recipe: Recipe, protocol, data=None, on_checkpoint=None, progress=None
 
     def save(position: int, step: int) -> None:
         if checkpoint_path is not None:
-            save_training_state(checkpoint_path, position, step == total - 1, recipe.hash(), task.parts, history,
+            save_training_state(checkpoint_path, position, step == total - 1, recipe.hash(), parts, history,
                                 extra_state)
 
     if resumed_from is None and not task.resumable_anywhere:
         save(-1, -1)  # the initial state: a stop before the first evaluation also resumes, in the same run
-    window: dict[str, list[float]] = {}
     for step in range(task.first_step(resumed_from or 0), total):
         t0 = time.perf_counter()
         loss, stats = task.step(step)
         if not math.isfinite(loss):
             raise TrainingDiverged(step, loss)
-        window.setdefault("step_time", []).append(time.perf_counter() - t0)
+        window.add("step_time", time.perf_counter() - t0)
         for key in STAT_KEYS:
             if key in stats:
-                window.setdefault(key, []).append(stats[key])
+                window.add(key, stats[key])
         if progress is not None:
             progress(step)
         position = task.position_at(step)
         if position is not None:
-            record = task.evaluate(position, {k: sum(v) / len(v) for k, v in window.items()})
-            window = {}
+            record = task.evaluate(position, window.means())
+            window.clear()
             every = recipe.diagnostics.every
             if every and len(history) % every == 0:  # Theorem 1's two terms at this checkpoint
                 from ..analysis.measure import checkpoint_metrics

@@ -73,6 +73,23 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
     }
 
 
+GPU_EXPECTED = "SAGE_EXPECT_GPU"  # set by a launcher that gave the job a GPU
+
+
+def check_gpu(recipe: Recipe) -> None:
+    """A run that asked for a GPU (``training.device: cuda``, or a job launched with one) and sees none fails
+    in one line instead of training on the CPU."""
+    asked = recipe.training.device == "cuda" or os.environ.get(GPU_EXPECTED) == "1"
+    if not asked:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "training.device: cuda" if recipe.training.device == "cuda" else "this job was given a GPU"
+        raise UserError(f"{why}, but no CUDA device is visible here (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); not training on the CPU")
+
+
 def protocol_for(recipe: Recipe):
     """The training protocol of the recipe's kind of dataset (DG or MTL), from the catalog."""
     from ..catalog import PROTOCOLS
@@ -121,11 +138,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     from .locks import RunLock
 
     console = console or Console()
-    if recipe.training.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():  # found now, not as a traceback in a FAILED run
-            raise UserError("training.device: cuda, but this machine has no CUDA device (use auto or cpu)")
+    check_gpu(recipe)  # found now, not as a traceback in a FAILED run, nor as a silent run on the CPU
     protocol = protocol_for(recipe)
     data = protocol.load(recipe)  # data errors surface before any MLflow run exists
     weights = prepare(recipe.backbone)  # so do missing weights; a tag is downloaded now when online
@@ -147,7 +160,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
     from ..interrupts import InterruptGuard
     from ..track.store import store_lock
     from .checkpoint import remove_checkpoint, results_jsonl, results_path, verified_meta
-    from .loop import train
+    from .loop import runtime_for, train
 
     if restart:
         remove_checkpoint(ckpt_path)
@@ -170,8 +183,13 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
     (ckpt_path.parent / "recipe.yaml").write_text(recipe.to_yaml())  # what `sage diagnose CHECKPOINT` rebuilds
     history = []
 
+    runtime = runtime_for(recipe, protocol, data)
+    console.print(runtime.describe(), soft_wrap=True, markup=False, highlight=False)
+
     def on_checkpoint(ckpt):
         history.append(ckpt)
+        if ckpt.tags:
+            run.set_tags(ckpt.tags)
         run.log_metrics(ckpt.metrics, step=ckpt.step)
         # every row so far (the loop appends it to the run folder's file): an interrupted run keeps them
         run.log_file(results_path(ckpt_path))
@@ -187,6 +205,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                             spool=ckpt_path.parent / SPOOL_NAME)
         try:
             interrupts.check()  # pressed while the run was being created
+            run.set_tags(runtime.tags())
             if completing:
                 run.set_tags({"sage.pid": os.getpid(), "sage.host": platform.node()})
                 console.print(f"finishing run {run.run_id}: trained to the end, not yet recorded ({ckpt_path})")
@@ -216,7 +235,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
 
                 result = train(recipe, protocol, data=data, on_checkpoint=on_ckpt, progress=on_step,
                                checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
-                               should_stop=should_stop)
+                               should_stop=should_stop, runtime=runtime)
         except Preempted as exc:  # the job comes back (requeued) and resumes in this same run
             run.set_tags({"sage.preempted_at_step": exc.step})
             raise

@@ -1,0 +1,136 @@
+"""Input pipelines: the images a step or an evaluation needs, decoded in worker processes ahead of use.
+
+What a batch holds is decided in the training process (``Item``: an env, its indices, their augmentation
+seeds, drawn from the samplers' generators); workers only execute it. So the worker count never changes a
+result, and a checkpoint can hold the sampler state of the first batch not yet consumed. One persistent pool
+serves every environment (torch's DataLoader: worker processes started once, in-order delivery, pinned memory
+for a CUDA device); ``workers: 0`` loads in the training process, the same items in the same order.
+
+Not for: in-memory datasets (the embedded digits): their batches are tensor slices, cheaper than any transfer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+
+from ..errors import UserError
+from .splits import load_batch
+
+# a few batches ahead per worker: enough to hide a slow image, little memory (uint8)
+PREFETCH_PER_WORKER = 4
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, and SLURM's ``--cpus-per-task`` where set."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        n = min(n, int(slurm))
+    return max(1, n)
+
+
+def resolve_workers(setting: int | str) -> int:
+    """``dataset.workers``: ``auto`` = the CPUs this process may use minus one (the training process's own)."""
+    if setting == "auto":
+        return max(0, available_cpus() - 1)
+    return int(setting)
+
+
+def in_memory(envs) -> bool:
+    return all(hasattr(env, "batch") for env in envs)
+
+
+@dataclass(frozen=True)
+class Item:
+    """Images ``indices`` of env ``env``: augmented with per-image ``seeds`` (training), or resized (seeds None)."""
+
+    env: int
+    indices: tuple[int, ...]
+    seeds: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, env: int, indices: torch.Tensor, seeds: torch.Tensor | None = None) -> Item:
+        return cls(env, tuple(indices.tolist()), None if seeds is None else tuple(seeds.tolist()))
+
+
+class _Images(torch.utils.data.Dataset):
+    """An ``Item`` → (x, y) on the CPU: what a worker runs (the envs travel to it once, when it starts)."""
+
+    def __init__(self, envs):
+        self.envs = list(envs)
+
+    def __getitem__(self, item: Item):
+        train = item.seeds is not None
+        seeds = torch.tensor(item.seeds, dtype=torch.long) if train else None
+        try:
+            return load_batch(self.envs[item.env], torch.tensor(item.indices, dtype=torch.long), train, seeds)
+        except UserError as exc:  # comes back as itself: a worker's exception would arrive wrapped in its traceback
+            return _Failed(str(exc))
+
+
+@dataclass(frozen=True)
+class _Failed:
+    message: str
+
+
+def _checked(batches):
+    for batch in batches:
+        if isinstance(batch, _Failed):
+            raise UserError(batch.message)
+        yield batch
+
+    def __len__(self) -> int:  # never asked by a sampler of items; DataLoader's type checks want one
+        return sum(len(env) for env in self.envs)
+
+
+def _start_method() -> str:
+    # forkserver: workers fork from a small clean server, not from a training process with MLflow's and
+    # rich's threads running (fork there can deadlock a child on a lock held by another thread)
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _quiet_worker(_):
+    torch.set_num_threads(1)
+
+
+class Pipeline:
+    """Runs a stream of items over ``envs``: in order, ``workers`` processes ahead of the consumer (0: here).
+
+    ``stream(items)`` takes any iterable (it may be endless and decide its items lazily; it is pulled in this
+    process, a few items ahead of what has been consumed), and yields (x, y) per item."""
+
+    def __init__(self, envs, workers: int, pin_memory: bool = False, persistent: bool = False):
+        self.envs, self.workers, self.pin_memory = list(envs), int(workers), pin_memory
+        self.persistent = persistent and self.workers > 0
+        self._loaders: dict[int, torch.utils.data.DataLoader] = {}
+
+    def stream(self, items: Iterable[Item]) -> Iterator:
+        if self.workers == 0:
+            images = _Images(self.envs)
+            return _checked(images[item] for item in items)
+        return _checked(iter(self._loader(items)))
+
+    def _loader(self, items):
+        # a persistent pool keeps its workers between passes over the same item list (evaluation)
+        key = id(items) if self.persistent else None
+        if key in self._loaders:
+            return self._loaders[key]
+        loader = torch.utils.data.DataLoader(
+            _Images(self.envs), batch_size=None, sampler=items, num_workers=self.workers,
+            pin_memory=self.pin_memory, prefetch_factor=PREFETCH_PER_WORKER, persistent_workers=self.persistent,
+            multiprocessing_context=_start_method(), worker_init_fn=_quiet_worker)
+        if self.persistent:
+            self._loaders[key] = loader
+        return loader
+
+    def close(self) -> None:
+        for loader in self._loaders.values():
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None:
+                iterator._shutdown_workers()
+        self._loaders.clear()

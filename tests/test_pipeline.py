@@ -1,0 +1,188 @@
+"""The input pipeline on a generated PACS-layout folder: the worker count never changes a result, a run stopped
+mid-way with batches prefetched resumes bit-identically, and evaluation through the uint8 cache gives exactly
+the accuracies of decoding with torchvision's ToTensor + Normalize (the pipeline before the cache)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures import make_tree
+
+from sage_cli.errors import Preempted, UserError
+from sage_cli.recipe import load_recipe
+from sage_cli.train.dg import load_dg_data, train_dg
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pacs")
+    make_tree(root, "pacs", per_class=10, size=40)
+    return root
+
+
+def _recipe(root, **extra):
+    values = {"dataset.name": "pacs", "dataset.root": str(root), "dataset.image_size": 32, "dataset.test_envs": [0],
+              "training.steps": 12, "training.checkpoint_freq": 5, "training.batch_size": 6,
+              "optimizer.gamma": 0.05}  # SAGE's noise on: its generator must carry over too
+    values.update(extra)
+    return load_recipe(QUICKSTART, values)
+
+
+def _metrics(history):
+    return [{k: v for k, v in r.metrics.items() if k != "step_time"} for r in history]
+
+
+def _same_model(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_worker_count_never_changes_a_run(root, tmp_path):
+    runs = {w: train_dg(_recipe(root, **{"dataset.workers": w})) for w in (0, 2)}
+    assert _metrics(runs[0].history) == _metrics(runs[2].history)
+    assert _same_model(runs[0].model, runs[2].model)
+    uniform = {w: train_dg(_recipe(root, **{"dataset.workers": w, "training.batch_sampling": "uniform"}))
+               for w in (0, 2)}
+    assert _metrics(uniform[0].history) == _metrics(uniform[2].history)
+
+
+def test_stopped_between_checkpoints_with_workers_resumes_bit_identically(root, tmp_path):
+    recipe = _recipe(root, **{"dataset.workers": 2})
+    whole = train_dg(recipe)
+    ckpt = tmp_path / "checkpoint.pt"
+    steps = []
+
+    def stop_after_step_7():
+        return len(steps) >= 8
+
+    with pytest.raises(Preempted) as stopped:
+        train_dg(recipe, checkpoint_path=ckpt, progress=steps.append, should_stop=stop_after_step_7)
+    assert stopped.value.step == 7  # saved mid-way, batches of steps 8+ already planned and loading
+    resumed = train_dg(recipe, checkpoint_path=ckpt)
+    assert resumed.resumed_from == 8
+    assert _metrics(resumed.history) == _metrics(whole.history)
+    assert _same_model(resumed.model, whole.model)
+
+
+def _sage(cwd, root, *extra, wait=True):
+    args = [sys.executable, "-m", "sage_cli", "run", str(QUICKSTART), "--set", "dataset.name=pacs",
+            "--set", f"dataset.root={root}", "--set", "dataset.image_size=32", "--set", "training.steps=40",
+            "--set", "training.checkpoint_freq=5", "--set", "training.batch_size=6", "--set", "optimizer.gamma=0.05",
+            "--set", "dataset.workers=2", "--test-env", "0", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if wait:
+        return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def test_killed_run_with_workers_reruns_to_the_uninterrupted_result(root, tmp_path):
+    """SIGKILL (process group: the loader's workers too) after a checkpoint, then `sage run` again."""
+    from mlflow.tracking import MlflowClient
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    assert _sage(whole, root).returncode == 0
+    proc = _sage(killed, root, wait=False)
+    results = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list(killed.glob("runs/*/results.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:  # steps 0, 5, 10 evaluated
+            results = found[0]
+            break
+        time.sleep(0.05)
+    assert results is not None, "the run wrote no checkpoint in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = _sage(killed, root)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming from step" in rerun.stdout
+
+    def final(cwd):
+        client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+        run = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])][0]
+        keys = [k for k in run.data.metrics if k not in ("step_time", "resumed_from_step")]
+        return {k: sorted({(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)}) for k in keys}
+
+    assert final(killed) == final(whole)
+
+
+# ------------------------------------------------------------------------------------------ evaluation cache
+def _decoded_accuracy(model, split, normalization_mean, normalization_std, size):
+    """Accuracy as sage computed it before the cache: PIL → Resize → ToTensor → Normalize, batches of 256."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(normalization_mean, normalization_std)])
+    correct = 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(split), 256):
+            idx = split.indices[i:i + 256]
+            x = torch.stack([tf(Image.open(split.env.samples[int(j)][0]).convert("RGB")) for j in idx])
+            correct += int((model(x).argmax(1) == split.env.labels[idx]).sum())
+    return correct / len(split)
+
+
+def test_cache_holds_the_decoded_pixels_and_gives_the_decoded_accuracies(root, tmp_path):
+    recipe = _recipe(root, **{"training.steps": 6, "dataset.cache_dir": str(tmp_path / "cache")})
+    data = load_dg_data(recipe)
+    env = data.splits[1]["in"].env
+    assert env.pixels is not None and env.pixels.dtype.name == "uint8"
+    for i in (0, 7, len(env) - 1):
+        assert torch.equal(torch.from_numpy(env.pixels[i].copy()), env.load(i, train=False)[0])
+    cached = train_dg(recipe, data=data)
+    decoded = train_dg(_recipe(root, **{"training.steps": 6, "dataset.eval_cache": False, "dataset.workers": 2}))
+    assert _metrics(cached.history) == _metrics(decoded.history)
+    last = cached.history[-1].metrics
+    for i, split in enumerate(data.splits):
+        for name in ("in", "out"):
+            expect = _decoded_accuracy(cached.model, split[name], env.normalize.mean, env.normalize.std, 32)
+            assert last[f"env{i}_{name}_acc"] == expect
+
+
+def test_cache_is_built_once_and_rebuilt_when_the_folder_changes(root, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    recipe = _recipe(root, **{"dataset.cache_dir": str(cache), "dataset.workers": 0})
+    load_dg_data(recipe)
+    assert "building the evaluation cache" in capsys.readouterr().err
+    load_dg_data(recipe)
+    assert "building" not in capsys.readouterr().err
+    assert len(list(cache.iterdir())) == 2  # the cache and its lock file, nothing half-written
+    other = tmp_path / "other"
+    base = make_tree(other, "pacs", per_class=10, size=40)
+    (base / "photo" / "dog" / "000.jpg").unlink()
+    load_dg_data(_recipe(other, **{"dataset.cache_dir": str(cache), "dataset.workers": 0}))
+    assert "building the evaluation cache" in capsys.readouterr().err
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+
+def test_cache_without_room_is_one_line_and_writes_nothing(root, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match=r"the evaluation cache needs 0\.0 GB under .*dataset.cache_dir"):
+        load_dg_data(_recipe(root, **{"dataset.cache_dir": str(cache)}))
+    assert not [p for p in cache.iterdir() if p.is_dir()]
+
+
+def test_pipeline_error_in_a_worker_is_one_line(tmp_path):
+    base = make_tree(tmp_path, "pacs")
+    (base / "photo" / "dog" / "000.jpg").write_bytes(b"not an image")
+    recipe = load_recipe(QUICKSTART, {"dataset.name": "pacs", "dataset.root": str(tmp_path), "dataset.image_size": 32,
+                                      "dataset.test_envs": [0], "dataset.workers": 2, "dataset.eval_cache": False,
+                                      "training.steps": 3})
+    with pytest.raises(UserError) as err:
+        train_dg(recipe)
+    assert str(err.value).startswith("cannot read image") and "\n" not in str(err.value)
