@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-speed bench-methods bench-mtl figures clean
+.PHONY: install run test lint bench bench-speed bench-data bench-methods bench-mtl figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ bench-speed: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
 	$(BIN)/python bench/report_speed.py
+	$(BIN)/python bench/data_pipeline.py   # sage bench --data on a generated PACS-sized folder (227² JPEGs)
 	$(BIN)/python bench/speed_table.py   # sage bench on small_cnn, resnet50, vit_b16, mtan → README "Speed" (~25 min on 2 cores)
+
+# the input pipeline alone: workers vs the training process, evaluation cache vs decoding (~2 minutes)
+bench-data: $(STAMP)
+	$(BIN)/python bench/data_pipeline.py
 
 # every DG objective and optimizer on RotatedDigits, 3 seeds, through sage sweep + sage report (about 20 minutes)
 bench-methods: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional, Tuple
 
 import typer
@@ -62,21 +63,36 @@ def bench(
     image_size: Optional[Tuple[int, int]] = typer.Option(None, "--image-size", help="H W (default: 224 224; mtan 288 384)."),
     freeze_bn: bool = typer.Option(True, "--freeze-bn/--train-bn", help="resnet50: BatchNorm statistics frozen (DomainBed) or in training mode."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | tf32 | bf16 (as training.precision)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A data root: time the real input pipeline on it (with --dataset)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="With --data: pacs | vlcs | officehome | terraincognita | domainnet."),
+    workers: str = typer.Option("auto", "--workers", help="With --data: loader worker processes (auto: CPUs − 1)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line."),
 ):
     """Time ERM, SAM and SAGE steps on one model with random weights on random data: warm-up, interleaved
     repetitions, medians; SAGE's parts (per-distribution statistics, polar factors, second pass), peak memory,
-    and the polar factors alone (one at a time, batched, and their error against the SVD)."""
+    and the polar factors alone (one at a time, batched, and their error against the SVD).
+
+    With ``--data ROOT --dataset NAME``: the input pipeline of a run on that folder instead — training images per
+    second with the loader's workers and in the training process, evaluation images per second from the cache
+    and by decoding, and a SAGE step including its loading both ways (``--batch``: images per domain, default 32;
+    ``--image-size``: the first number, default 224)."""
     choices = {"--model": (model, MODEL_CHOICES), "--polar-dtype": (polar_dtype, ("float32", "bfloat16")),
-               "--device": (device, ("cpu", "cuda")),
+               "--device": (device, ("cpu", "cuda")), "--precision": (precision, ("fp32", "tf32", "bf16")),
                "--polar": (polar, ("quintic", "cubic", "polar_express", "svd", "none"))}
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             _fail(f"{option} '{value}': choose from {', '.join(allowed)}")
+    if workers != "auto" and not (workers.isdigit()):
+        _fail(f"--workers '{workers}': auto or a count >= 0")
+    if (data is None) != (dataset is None):
+        _fail("--data and --dataset go together: --data ROOT --dataset NAME")
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda: no CUDA device is visible here")
+    if data is not None:
+        return _bench_data(data, dataset, model, image_size, batch, workers, steps, precision, device, as_json)
     from rich.progress import Progress
 
     from .speed import measure, workloads
@@ -88,8 +104,45 @@ def bench(
     with Progress(transient=True) as bar:
         task = bar.add_task(f"timing {work.describe}", total=steps * n_methods)
         result = measure.run(work, steps, polar, ns_steps, polar_dtype, agreement_every if work.mtl else 1,
-                             torch.device(device), progress=lambda: bar.advance(task))
+                             torch.device(device), progress=lambda: bar.advance(task), precision=precision)
     _print(result)
+    if as_json:
+        typer.echo(json.dumps(result))
+
+
+def _bench_data(root, dataset, model, image_size, batch, workers, steps, precision, device, as_json):
+    from rich.console import Console
+    from rich.table import Table
+
+    from .catalog import DATASETS
+    from .data.domainbed import SPECS
+    from .errors import UserError
+    from .speed import data_bench
+
+    if dataset not in SPECS:
+        _fail(f"--dataset '{dataset}': choose from {', '.join(sorted(SPECS))}")
+    if model not in data_bench.BACKBONES:
+        _fail(f"--model '{model}' with --data: choose from {', '.join(data_bench.BACKBONES)}")
+    console = Console(stderr=True)
+    size = image_size[0] if image_size else 224
+    try:
+        DATASETS.check(dataset)
+        result = data_bench.run(dataset, str(root), model, size, batch or 32, workers if workers == "auto" else int(workers),
+                                max(steps, 10), precision, device, say=lambda m: console.print(m, markup=False))
+    except UserError as exc:
+        _fail(str(exc))
+    table = Table(title=result["workload"] + f" · {result['device']} · {result['workers']} workers")
+    for col in ("", "with workers", "in the training process / decoding", "ratio"):
+        table.add_column(col, justify="left" if not col else "right")
+    r = result
+    table.add_row("training images/s", f"{r['train_images_per_second']:,.0f}",
+                  f"{r['train_images_per_second_inprocess']:,.0f}",
+                  f"{r['train_images_per_second'] / r['train_images_per_second_inprocess']:.2f}×")
+    table.add_row("SAGE step with its loading", f"{r['step_seconds_with_data']:.3f} s",
+                  f"{r['step_seconds_with_data_inprocess']:.3f} s", f"{r['ratio_step_with_data']:.2f}")
+    table.add_row("evaluation images/s (cache / decoding)", f"{r['eval_images_per_second']:,.0f}",
+                  f"{r['eval_images_per_second_decode']:,.0f}", f"{r['ratio_eval_cache_decode']:.1f}×")
+    Console().print(table)
     if as_json:
         typer.echo(json.dumps(result))
 

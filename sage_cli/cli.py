@@ -144,6 +144,36 @@ def datasets(
             typer.echo(f"{r.name}: {problem}")
 
 
+@datasets_app.command("prepare")
+def datasets_prepare(
+    name: str = typer.Argument(..., help="A DomainBed image folder: pacs vlcs officehome terraincognita domainnet."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Data root (default: $SAGE_DATA)."),
+    image_size: int = typer.Option(224, "--image-size", min=1, help="The recipes' dataset.image_size."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where (default: $SAGE_CACHE, else <root>/.sage-cache)."),
+    workers: str = typer.Option("auto", "--workers", help="Decoding processes (auto: the CPUs here minus one)."),
+):
+    """Build a dataset's evaluation cache (every image resized to --image-size, uint8) once, ahead of the runs
+    that would otherwise build it at their first evaluation."""
+    from .data.domainbed import SPECS
+    from .data.eval_cache import EvalCache
+    from .data.pipeline import resolve_workers
+
+    try:
+        if name not in SPECS:
+            raise UserError(f"'{name}' has no evaluation cache: image folders are {', '.join(sorted(SPECS))}")
+        if workers != "auto" and not workers.isdigit():
+            raise UserError(f"--workers '{workers}': auto or a count >= 0")
+        from .catalog import DATASETS
+
+        dataset = DATASETS.get(name)(root=str(root) if root else None, image_size=image_size)
+        cache = EvalCache(name, dataset, str(cache_dir) if cache_dir else None).plan()
+        n = sum(len(env) for env in dataset.datasets)
+        folder = cache.ensure(resolve_workers(workers if workers == "auto" else int(workers)), say=typer.echo)
+    except UserError as exc:
+        _fail(str(exc))
+    typer.echo(f"evaluation cache of {name} at {image_size}²: {n:,} images in {folder}")
+
+
 @datasets_app.command("download")
 def datasets_download(
     names: List[str] = typer.Argument(..., help="Datasets: pacs vlcs officehome terraincognita domainnet nyuv2 "

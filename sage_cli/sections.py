@@ -134,8 +134,8 @@ class SlurmConfig(Section):
     partition: str | None = None
     timeout_min: int = Field(60, gt=0)
     mem_gb: float = Field(8, gt=0)  # always requested: with CR_Core_Memory a job without --mem takes the node
-    cpus_per_task: int = Field(2, gt=0)
-    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int | None = Field(None, gt=0)  # default: a GPU job's loader workers + 1 (workers auto: 8 + 1), else 2
+    gpus_per_node: int = Field(0, ge=0)  # a recipe with training.device: cuda gets 1 when this is 0
     array_parallelism: int = Field(64, gt=0)
     setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load, …)
     additional_parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)

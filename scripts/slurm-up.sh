@@ -46,8 +46,15 @@ SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 MaxArraySize=1001
 KillWait=5
-NodeName=${host} CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
+GresTypes=gpu
+NodeName=${host} CPUs=${cpus} RealMemory=${mem} Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+
+# One GPU the scheduler can hand out, /dev/null behind it (this machine has none): a job that asks SLURM for a
+# GPU is scheduled, and sage must then refuse to train on the CPU (tests/test_slurm.py)
+cat > /etc/slurm/gres.conf <<CONF
+NodeName=${host} Name=gpu File=/dev/null
 CONF
 
 pkill -x slurmd 2>/dev/null || true

@@ -194,8 +194,9 @@ def test_mtl_diagnostics_use_the_tasks_and_the_shared_parameters(tmp_path):
     shared = sum(p.numel() for p in result.model.shared_parameters())
     from sage_cli.analysis.measure import measure
     from sage_cli.mtl.train import MTLTask
+    from sage_cli.train.runtime import Runtime
 
-    task = MTLTask(recipe, result.data, torch.device("cpu"))
+    task = MTLTask(recipe, result.data, Runtime.plain("cpu"))
     task.model.load_state_dict(result.model.state_dict())
     assert measure(task, probes=2, cg_iters=2).n_params == shared < sum(p.numel() for p in result.model.parameters())
 

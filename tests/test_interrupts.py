@@ -98,7 +98,7 @@ def test_ctrl_c_while_a_job_process_starts_stops_that_job(tmp_path, monkeypatch)
     monkeypatch.setenv("SAGE_SWEEPS", str(tmp_path))
     started = []
 
-    def start_then_interrupt(state, job, threads):
+    def start_then_interrupt(state, job, threads, gpu=None):
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         started.append(proc)
         _interrupt_self()  # Ctrl-C before the launcher has recorded the process

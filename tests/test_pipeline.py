@@ -136,6 +136,8 @@ def test_cache_holds_the_decoded_pixels_and_gives_the_decoded_accuracies(root, t
     recipe = _recipe(root, **{"training.steps": 6, "dataset.cache_dir": str(tmp_path / "cache")})
     data = load_dg_data(recipe)
     env = data.splits[1]["in"].env
+    assert env.pixels is None  # built at the first evaluation, not before a run exists
+    data.eval_cache.ensure(0, show_progress=False)
     assert env.pixels is not None and env.pixels.dtype.name == "uint8"
     for i in (0, 7, len(env) - 1):
         assert torch.equal(torch.from_numpy(env.pixels[i].copy()), env.load(i, train=False)[0])
@@ -151,18 +153,36 @@ def test_cache_holds_the_decoded_pixels_and_gives_the_decoded_accuracies(root, t
 
 def test_cache_is_built_once_and_rebuilt_when_the_folder_changes(root, tmp_path, capsys):
     cache = tmp_path / "cache"
-    recipe = _recipe(root, **{"dataset.cache_dir": str(cache), "dataset.workers": 0})
-    load_dg_data(recipe)
-    assert "building the evaluation cache" in capsys.readouterr().err
-    load_dg_data(recipe)
+    recipe = _recipe(root, **{"dataset.cache_dir": str(cache), "dataset.workers": 0, "training.steps": 1})
+    train_dg(recipe)
+    assert "building the evaluation cache: 120 images at 32²" in capsys.readouterr().err
+    train_dg(recipe)
     assert "building" not in capsys.readouterr().err
     assert len(list(cache.iterdir())) == 2  # the cache and its lock file, nothing half-written
     other = tmp_path / "other"
     base = make_tree(other, "pacs", per_class=10, size=40)
     (base / "photo" / "dog" / "000.jpg").unlink()
-    load_dg_data(_recipe(other, **{"dataset.cache_dir": str(cache), "dataset.workers": 0}))
-    assert "building the evaluation cache" in capsys.readouterr().err
+    train_dg(_recipe(other, **{"dataset.cache_dir": str(cache), "dataset.workers": 0, "training.steps": 1}))
+    assert "building the evaluation cache: 119 images" in capsys.readouterr().err
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+
+def test_datasets_prepare_builds_the_cache_a_run_then_uses(root, tmp_path):
+    from typer.testing import CliRunner
+
+    from sage_cli.cli import app
+
+    cache = tmp_path / "cache"
+    args = ["datasets", "prepare", "pacs", "--root", str(root), "--image-size", "32", "--cache-dir", str(cache),
+            "--workers", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "evaluation cache of pacs at 32²: 120 images" in result.output
+    [folder] = [p for p in cache.iterdir() if p.is_dir()]
+    data = load_dg_data(_recipe(root, **{"dataset.cache_dir": str(cache)}))
+    assert data.eval_cache.built and data.eval_cache.folder == folder
+    bad = CliRunner().invoke(app, ["datasets", "prepare", "nyuv2", "--root", str(root)])
+    assert bad.exit_code == 2 and "image folders" in bad.output
 
 
 def test_cache_without_room_is_one_line_and_writes_nothing(root, tmp_path, monkeypatch):

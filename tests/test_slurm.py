@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from sweep_helpers import QUICKSTART, TINY, child_runs, sage
@@ -134,3 +135,34 @@ def test_cancel_is_reported_by_status_within_60s(tmp_path):
     assert time.time() - t0 < 60
     _wait(lambda: _squeue(job["scheduler_id"]) in ("", "CANCELLED", "COMPLETED"), 60, "the job to leave the queue")
     assert [r.info.status for r in child_runs(uri)[1]] == ["KILLED"]
+
+
+def test_job_given_a_gpu_it_cannot_see_fails_in_one_line(tmp_path):
+    """slurm-up.sh declares one GPU with no device behind it: SLURM schedules the job, sage refuses the CPU."""
+    proc = sage(["ablate", QUICKSTART, "--rho", "3e-3", *TINY, *SLURM, "--set", "slurm.gpus_per_node=1"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = _one_job(_sweep_state(tmp_path))
+    _wait(lambda: _squeue(job["scheduler_id"]) == "FAILED", 180, "the job to fail")
+    out = Path(job["log_path"])
+    err = out.with_name(out.name.replace("_log.out", "_log.err")).read_text()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == ["error: this job was given a GPU, but no CUDA device is visible here (CUDA_VISIBLE_DEVICES="
+                     + lines[0].split("CUDA_VISIBLE_DEVICES=")[1]]
+    assert lines[0].endswith("not training on the CPU") and "Traceback" not in err
+    assert child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")[1] == []  # refused before any run existed
+    status = sage(["status", _sweep_state(tmp_path)["id"]], tmp_path)
+    assert status.stdout.strip().splitlines()[-1] == "1 failed"
+
+
+def test_gpu_recipe_asks_for_one_gpu_and_a_cpu_per_worker():
+    from sage_cli.launch.slurm import GPU_JOB_WORKERS, job_resources
+    from sage_cli.recipe import load_recipe
+
+    cpu = load_recipe(QUICKSTART)
+    gpu = load_recipe(QUICKSTART, {"training.device": "auto", "slurm.gpus_per_node": 1})
+    assert job_resources(cpu.slurm, cpu) == (2, 0)
+    assert job_resources(gpu.slurm, gpu) == (GPU_JOB_WORKERS + 1, 1)
+    four = load_recipe(QUICKSTART, {"slurm.gpus_per_node": 1, "dataset.workers": 4})
+    assert job_resources(four.slurm, four) == (5, 1)
+    given = load_recipe(QUICKSTART, {"slurm.gpus_per_node": 2, "slurm.cpus_per_task": 3})
+    assert job_resources(given.slurm, given) == (3, 2)

@@ -89,8 +89,11 @@ def test_unknown_key_in_experiment_file(tmp_path):
 
 
 def test_local_pool_runs_four_jobs_two_at_a_time_then_skips_them(tmp_path):
-    args = ["ablate", QUICKSTART, "--rho", "1e-3,1e-2", "--gamma", "1e-3,1e-2", *TINY, "--max-parallel", "2"]
-    proc = sage(args, tmp_path)
+    # 40 steps: each run lasts longer than the ~1 s by which the second process's store access trails the first's
+    args = ["ablate", QUICKSTART, "--rho", "1e-3,1e-2", "--gamma", "1e-3,1e-2", *TINY, "--set", "training.steps=40",
+            "--max-parallel", "2"]
+    # two GPUs named visible (this machine has none, so the jobs still train on the CPU): one each per job
+    proc = sage(args, tmp_path, env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 jobs (4 to run, 0 already finished)" in proc.stdout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -104,9 +107,11 @@ def test_local_pool_runs_four_jobs_two_at_a_time_then_skips_them(tmp_path):
         assert r.data.tags["sage.attempt"] == "1" and r.data.tags["sage.scheduler_job_id"].startswith("local:")
         assert "env5_in_acc" in r.data.metrics
     assert len({r.data.tags["sage.recipe_hash"] for r in children}) == 4  # each job tagged with its own identity
-    # the two processes overlapped
-    spans = sorted((r.info.start_time, r.info.end_time) for r in children)
-    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+    # the two processes overlapped, each on its own GPU
+    spans = sorted((r.info.start_time, r.info.end_time, r.data.tags["sage.cuda_visible_devices"]) for r in children)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+    assert all(a[2] != b[2] for a, b in zip(spans, spans[1:]) if b[0] < a[1])
+    assert sorted(s[2] for s in spans) == ["0", "0", "1", "1"]
 
     again = sage(args, tmp_path)
     assert again.returncode == 0 and "4 jobs (0 to run, 4 already finished)" in again.stdout

@@ -136,19 +136,38 @@ def attach(folder: Path, envs) -> None:
         env.pixels = np.load(_env_file(folder, i), mmap_mode="r")
 
 
-def prepare(name: str, dataset, cache_dir: str | None, workers: int, say=print, show_progress: bool = True) -> Path:
-    """The cache of ``dataset`` (a loaded DomainBed folder dataset): built if missing, attached to its envs."""
-    envs = dataset.datasets
-    folder = folder_for(name, dataset.image_size, envs, dataset.base, cache_dir)
-    if not is_built(folder):
-        if show_progress:
-            from rich.progress import Progress
+class EvalCache:
+    """A dataset's evaluation cache: where it is, and whether it is built. ``plan`` checks the disk before any
+    run exists; ``ensure`` builds it (once, saying so) and memory-maps it into the envs."""
 
-            with Progress(transient=True) as bar:
-                task = bar.add_task("evaluation cache", total=sum(len(env) for env in envs))
-                build(folder, envs, dataset.image_size, workers, say,
-                      progress=lambda n: bar.update(task, completed=n))
+    def __init__(self, name: str, dataset, cache_dir: str | None):
+        self.envs, self.image_size = dataset.datasets, dataset.image_size
+        self.folder = folder_for(name, dataset.image_size, self.envs, dataset.base, cache_dir)
+
+    @property
+    def built(self) -> bool:
+        return is_built(self.folder)
+
+    def plan(self) -> EvalCache:
+        """Attach it if built, else check there is room to build it (one line if not)."""
+        if self.built:
+            attach(self.folder, self.envs)
         else:
-            build(folder, envs, dataset.image_size, workers, say)
-    attach(folder, envs)
-    return folder
+            check_space(self.folder, bytes_needed(self.envs, self.image_size))
+        return self
+
+    def ensure(self, workers: int, say=print, show_progress: bool = True) -> Path:
+        if not self.built:
+            total = sum(len(env) for env in self.envs)
+            if show_progress:
+                from rich.progress import Progress
+
+                with Progress(transient=True) as bar:
+                    task = bar.add_task("evaluation cache", total=total)
+                    build(self.folder, self.envs, self.image_size, workers, say,
+                          progress=lambda n: bar.update(task, completed=n))
+            else:
+                build(self.folder, self.envs, self.image_size, workers, say)
+        if self.envs and self.envs[0].pixels is None:
+            attach(self.folder, self.envs)
+        return self.folder

@@ -31,11 +31,37 @@ def _table(state: SweepState, status: dict[str, str]) -> Table:
     return table
 
 
-def _start(state: SweepState, job: JobRecord, threads: int) -> subprocess.Popen:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES where set (empty or -1: none), else nvidia-smi's."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        ids = []
+        for part in (p.strip() for p in given.split(",")):
+            if not part or part == "-1":
+                break  # CUDA stops reading the list at the first entry it cannot use
+            ids.append(part)
+        return ids
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def _least_used(gpus: list[str], in_use: list[str]) -> str | None:
+    """The GPU running the fewest of this sweep's jobs (round-robin while they all run as many)."""
+    return min(gpus, key=lambda g: (in_use.count(g), gpus.index(g))) if gpus else None
+
+
+def _start(state: SweepState, job: JobRecord, threads: int, gpu: str | None = None) -> subprocess.Popen:
     logs = state.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     job.log_path = str(logs / f"{job.hash}.log")
-    env = {**os.environ, **state.job_environment(), "OMP_NUM_THREADS": str(threads), "COLUMNS": "120"}
+    env = {**os.environ, **state.job_environment(), "OMP_NUM_THREADS": str(threads), "COLUMNS": "120",
+           "OMP_WAIT_POLICY": "PASSIVE"}  # idle OpenMP threads sleep instead of spinning on the loader's CPUs
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU per job: N parallel jobs spread over the visible GPUs
     with open(job.log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "sage_cli", "run", job.recipe_path], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -104,6 +130,7 @@ class LocalLauncher:
 
 def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, console: Console) -> dict[str, str]:
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
+    gpus = visible_gpus()
     status = {j.hash: "queued" for j in jobs}
     pending, running = list(jobs), {}
     try:
@@ -112,10 +139,11 @@ def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, conso
             while pending or running:
                 while pending and len(running) < max_parallel:
                     job = pending.pop(0)
-                    running[job.hash] = (job, _start(state, job, threads))
+                    gpu = _least_used(gpus, [g for _j, _p, g in running.values()])
+                    running[job.hash] = (job, _start(state, job, threads, gpu), gpu)
                     status[job.hash] = "running"
                     state.save()
-                for h, (job, proc) in list(running.items()):
+                for h, (job, proc, _gpu) in list(running.items()):
                     if proc.poll() is not None:
                         status[h] = job.status = "finished" if proc.returncode == 0 else "failed"
                         del running[h]
@@ -125,8 +153,8 @@ def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, conso
                 interrupts.check()  # Ctrl-C is obeyed here, never between starting a job and recording it
         console.print()
     except KeyboardInterrupt:
-        _stop([proc for _job, proc in running.values()])
-        for h, (job, _proc) in running.items():
+        _stop([proc for _job, proc, _gpu in running.values()])
+        for h, (job, _proc, _gpu) in running.items():
             status[h] = job.status = "cancelled"
         for job in pending:
             status[job.hash] = job.status = "cancelled"

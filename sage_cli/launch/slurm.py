@@ -84,7 +84,9 @@ class SweepJob(submitit.helpers.Checkpointable):
         self.recipe_path, self.env = recipe_path, env
 
     def __call__(self) -> str:
-        from ..errors import Preempted
+        import sys
+
+        from ..errors import Preempted, UserError
         from ..recipe import load_recipe
         from ..train.runner import run_recipe
 
@@ -97,16 +99,34 @@ class SweepJob(submitit.helpers.Checkpointable):
         except Preempted:
             preemption.hand_over()
             raise
+        except UserError as exc:  # one line in the job's log, not a traceback; SLURM marks the job FAILED
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(exc.exit_code) from None
         return outcome.run_id
 
 
-def _executor(state: SweepState, cfg: SlurmConfig) -> submitit.AutoExecutor:
+GPU_JOB_WORKERS = 8  # a GPU job's loader workers when its recipe says auto (DomainBed loads with 8 per env)
+
+
+def job_resources(cfg: SlurmConfig, recipe) -> tuple[int, int]:
+    """(CPUs, GPUs) per job. A GPU recipe (``slurm.gpus_per_node`` ≥ 1, or ``training.device: cuda``) gets one GPU
+    and, unless ``cpus_per_task`` is given, a CPU for each loader worker plus the training process's own."""
+    gpus = cfg.gpus_per_node or (1 if recipe is not None and recipe.training.device == "cuda" else 0)
+    if cfg.cpus_per_task:
+        return cfg.cpus_per_task, gpus
+    if not gpus:
+        return 2, 0
+    workers = recipe.dataset.workers if recipe is not None and recipe.dataset.workers != "auto" else GPU_JOB_WORKERS
+    return int(workers) + 1, gpus
+
+
+def _executor(state: SweepState, cfg: SlurmConfig, cpus: int, gpus: int) -> submitit.AutoExecutor:
     executor = submitit.AutoExecutor(folder=state.dir / "slurm", cluster="slurm")
-    params = dict(name=state.id, timeout_min=cfg.timeout_min, mem_gb=cfg.mem_gb, cpus_per_task=cfg.cpus_per_task,
+    params = dict(name=state.id, timeout_min=cfg.timeout_min, mem_gb=cfg.mem_gb, cpus_per_task=cpus,
                   slurm_array_parallelism=cfg.array_parallelism, slurm_setup=list(cfg.setup),
                   slurm_additional_parameters=dict(cfg.additional_parameters))
-    if cfg.gpus_per_node:
-        params["gpus_per_node"] = cfg.gpus_per_node
+    if gpus:
+        params["gpus_per_node"] = gpus
     if cfg.partition:
         params["slurm_partition"] = cfg.partition
     executor.update_parameters(**params)
@@ -118,8 +138,16 @@ def submit(state: SweepState, jobs: list[JobRecord], cfg: SlurmConfig, console: 
     if not jobs:
         console.print("nothing to submit")
         return []
-    executor = _executor(state, cfg)
-    env = {**state.job_environment(), "OMP_NUM_THREADS": str(cfg.cpus_per_task)}
+    from ..recipe import load_recipe
+    from ..train.runner import GPU_EXPECTED
+
+    # the sweep's first job stands for all: one sweep is one launch configuration
+    cpus, gpus = job_resources(cfg, load_recipe(jobs[0].recipe_path))
+    executor = _executor(state, cfg, cpus, gpus)
+    # idle OpenMP threads sleep (set before the job's torch loads): they would spin on the loader's CPUs
+    env = {**state.job_environment(), "OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}
+    if gpus:
+        env[GPU_EXPECTED] = "1"  # the job refuses to train on the CPU if SLURM's GPU is not visible to it
     chunk = max(1, max_array_size())
     ids: list[str] = []
     for start in range(0, len(jobs), chunk):

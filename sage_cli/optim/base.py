@@ -39,16 +39,16 @@ class Anchor:
 
     @torch.no_grad()
     def move(self, offsets, alpha: float = 1.0) -> None:
-        """Parameters at θ + α·ε (from θ, wherever they are now); ``None`` offsets leave θ."""
-        for p, t, e in zip(self.params, self.theta, offsets):
-            p.copy_(t)
-            if e is not None:
-                p.add_(e) if alpha == 1.0 else p.add_(e, alpha=alpha)
+        """Parameters at θ + α·ε (from θ, wherever they are now); ``None`` offsets leave θ. One foreach kernel
+        per operation over all parameters (the same element-wise arithmetic, so the same bits)."""
+        self.restore()
+        moved = [(p, e) for p, e in zip(self.params, offsets) if e is not None]
+        if moved:
+            torch._foreach_add_([p for p, _ in moved], [e for _, e in moved], alpha=alpha)
 
     @torch.no_grad()
     def restore(self) -> None:
-        for p, t in zip(self.params, self.theta):
-            p.copy_(t)
+        torch._foreach_copy_(self.params, self.theta)
 
     @contextmanager
     def at(self, offsets, alpha: float = 1.0):

@@ -42,8 +42,9 @@ def per_distribution_grads(losses: torch.Tensor, params: list[torch.Tensor]) -> 
 
 
 def weighted_sum(per_dist: list[list[torch.Tensor]], weights) -> list[torch.Tensor]:
-    """Σ_k w_k g_k for every parameter."""
-    return [sum(float(w) * g[i] for w, g in zip(weights, per_dist)) for i in range(len(per_dist[0]))]
+    """Σ_k w_k g_k for every parameter (the weights read once: one host sync, not one per parameter and k)."""
+    ws = weights.tolist() if isinstance(weights, torch.Tensor) else [float(w) for w in weights]
+    return [sum(w * g[i] for w, g in zip(ws, per_dist)) for i in range(len(per_dist[0]))]
 
 
 def flatten(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -152,15 +152,32 @@ def machine(device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def _with_precision(closure, precision: str, device):
+    """The closure under the precision a run would use (TF32 switches are set by the caller's ``configure``)."""
+    if precision != "bf16":
+        return closure
+
+    def autocast_closure():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return closure()
+    return autocast_closure
+
+
 def run(work: Workload, steps: int, polar: str, ns_steps: int, polar_dtype: str, agreement_every: int,
-        device: torch.device, progress=None) -> dict:
+        device: torch.device, progress=None, precision: str = "fp32") -> dict:
     """Warm-up, then ``steps`` interleaved repetitions of every method; medians."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
     makers = optimizers(work, polar, ns_steps, polar_dtype, agreement_every)
     runs = {}
     for name, (make, per_rep) in makers.items():
         model = work.make_model()
         opt = make(model)
-        runs[name] = (model, opt, work.closure_for(model), per_rep)
+        if getattr(opt, "per_domain", None) is not None:  # its check at the precision's tolerance, as a run
+            from ..train.runtime import Runtime
+
+            opt.per_domain.tolerance = Runtime(device, precision, False).check_tolerance
+        runs[name] = (model, opt, _with_precision(work.closure_for(model), precision, device), per_rep)
     parts = _Parts(runs["sage"][1])
     parts.device = device
     blocks = (lambda: batch_blocks(work.blocks)) if work.blocks else nullcontext
@@ -200,7 +217,7 @@ def run(work: Workload, steps: int, polar: str, ns_steps: int, polar_dtype: str,
     erm, sam, sage, polar_s = med["erm"], med["sam"], med["sage"], part["polar"]
     result = {
         "model": work.name, "workload": work.describe, "device": str(device), "machine": machine(device),
-        "K": work.K, "batch": work.batch, "steps": steps, "polar": polar, "ns_steps": ns_steps,
+        "K": work.K, "batch": work.batch, "steps": steps, "polar": polar, "ns_steps": ns_steps, "precision": precision,
         "polar_dtype": polar_dtype, "parameters": sum(p.numel() for p in runs["erm"][0].parameters()),
         "per_domain_path": sage_opt.per_domain.path or "exact",
         "per_domain_reason": sage_opt.per_domain.reason,

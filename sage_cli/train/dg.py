@@ -32,6 +32,7 @@ class DGData:
     splits: list[dict[str, Split]]  # per env: {"in": Split, "out": Split}
     train_envs: list[int]
     test_envs: list[int]
+    eval_cache: object | None = None  # data.eval_cache.EvalCache of an image folder, built at the first evaluation
 
     @property
     def n_classes(self) -> int:
@@ -44,10 +45,11 @@ def load_dg_data(recipe: Recipe) -> DGData:
     normalization = "clip" if recipe.backbone.name.startswith("clip") else "imagenet"
     dataset = spec(root=cfg.root, image_size=cfg.image_size, normalization=normalization,
                    corrupt_images=cfg.corrupt_images)
+    cache = None
     if cfg.eval_cache and hasattr(dataset, "image_size") and not in_memory(dataset.datasets):
-        from ..data.eval_cache import prepare
+        from ..data.eval_cache import EvalCache
 
-        prepare(cfg.name, dataset, cfg.cache_dir, resolve_workers(cfg.workers), say=notice)
+        cache = EvalCache(cfg.name, dataset, cfg.cache_dir).plan()  # built at the first evaluation
     splits = []
     for i, env in enumerate(dataset.datasets):
         out_split, in_split = split_env(env, cfg.holdout_fraction, seed_hash(recipe.training.seed, i))
@@ -55,7 +57,7 @@ def load_dg_data(recipe: Recipe) -> DGData:
     n = len(spec.ENVIRONMENTS)
     classes = list(getattr(dataset, "classes", [str(c) for c in range(spec.N_CLASSES)]))
     return DGData(list(spec.ENVIRONMENTS), classes, tuple(getattr(dataset, "input_shape", spec.INPUT_SHAPE)),
-                  splits, [i for i in range(n) if i not in cfg.test_envs], list(cfg.test_envs))
+                  splits, [i for i in range(n) if i not in cfg.test_envs], list(cfg.test_envs), cache)
 
 
 EVAL_BATCH = 256
@@ -67,23 +69,34 @@ class Evaluation:
     accuracies are the same whichever way the pixels come)."""
 
     def __init__(self, data: DGData, runtime: Runtime, workers: int):
-        self.data, self.runtime = data, runtime
-        envs = [s["in"].env for s in data.splits]
+        self.data, self.runtime, self.workers = data, runtime, workers
         self.keys = [(i, name) for i in range(len(data.splits)) for name in ("in", "out")]
         self.items = [(key, Item.of(key[0], data.splits[key[0]][key[1]].indices[j:j + EVAL_BATCH]))
                       for key in self.keys for j in range(0, len(data.splits[key[0]][key[1]]), EVAL_BATCH)]
-        decode = [item for _, item in self.items if getattr(envs[item.env], "pixels", 1) is None]
-        self.pipeline = Pipeline(envs, workers if decode else 0, pin_memory=runtime.device.type == "cuda",
-                                 persistent=True)
         self._work = [item for _, item in self.items]
+        self.pipeline: Pipeline | None = None
+
+    def _pipeline(self) -> Pipeline:
+        if self.pipeline is None:
+            if self.data.eval_cache is not None:
+                self.data.eval_cache.ensure(self.workers, say=notice)
+            envs = [s["in"].env for s in self.data.splits]
+            decodes = any(getattr(env, "pixels", 0) is None for env in envs)  # image folders without a cache
+            self.pipeline = Pipeline(envs, self.workers if decodes else 0,
+                                     pin_memory=self.runtime.device.type == "cuda", persistent=True)
+        return self.pipeline
+
+    def batches(self):
+        """(key, x, y) on the device, normalised, in evaluation order; key = (env, "in" | "out")."""
+        for (key, _), (x, y) in zip(self.items, self._pipeline().stream(self._work)):
+            yield (key, *to_device(self.data.splits[key[0]]["in"].env, x, y, self.runtime.device))
 
     @torch.no_grad()
     def __call__(self, model) -> dict[tuple[int, str], float]:
         was_training = model.training
         model.eval()
         correct = dict.fromkeys(self.keys, 0)
-        for (key, _), (x, y) in zip(self.items, self.pipeline.stream(self._work)):
-            x, y = to_device(self.data.splits[key[0]]["in"].env, x, y, self.runtime.device)
+        for key, x, y in self.batches():
             with self.runtime.autocast():
                 out = model(x)
             correct[key] += int((out.argmax(1) == y).sum())
@@ -91,7 +104,8 @@ class Evaluation:
         return {key: correct[key] / max(len(self.data.splits[key[0]][key[1]]), 1) for key in self.keys}
 
     def close(self) -> None:
-        self.pipeline.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
 
 
 class TargetAlignment:

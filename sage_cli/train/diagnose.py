@@ -13,8 +13,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import UserError
 from ..recipe import Recipe, load_recipe
 
@@ -97,7 +95,7 @@ def load_task(target: Target, device: str = "cpu"):
 
     protocol = PROTOCOLS.get(target.recipe.kind)
     data = protocol.load(target.recipe)
-    task = protocol.start(target.recipe, data, Runtime(torch.device(device), "fp32", False))
+    task = protocol.start(target.recipe, data, Runtime.plain(device))
     try:
         state = load_checkpoint(target.checkpoint)
         task.model.load_state_dict(state["parts"]["model"])

@@ -70,6 +70,8 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
         "sage.seed": str(recipe.training.seed),
         "sage.host": platform.node(),
         "sage.pid": str(os.getpid()),  # with the host: a RUNNING run whose process is gone is recognised
+        **({"sage.cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]}
+           if "CUDA_VISIBLE_DEVICES" in os.environ else {}),
     }
 
 

@@ -23,6 +23,11 @@ class Runtime:
     deterministic: bool
     workers: int = 0
 
+    @classmethod
+    def plain(cls, device: str | torch.device = "cpu") -> Runtime:
+        """fp32 on ``device``, no loader workers: for measuring a saved model (``sage diagnose``)."""
+        return cls(torch.device(device), "fp32", False)
+
     def autocast(self):
         """The context of a forward pass: bfloat16 autocast for bf16, nothing otherwise."""
         if self.precision == "bf16":
