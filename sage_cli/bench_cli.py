@@ -77,6 +77,9 @@ def bench(
     second with the loader's workers and in the training process, evaluation images per second from the cache
     and by decoding, and a SAGE step including its loading both ways (``--batch``: images per domain, default 32;
     ``--image-size``: the first number, default 224)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `sage run` sets it: timings are a run's
     choices = {"--model": (model, MODEL_CHOICES), "--polar-dtype": (polar_dtype, ("float32", "bfloat16")),
                "--device": (device, ("cpu", "cuda")), "--precision": (precision, ("fp32", "tf32", "bf16")),
                "--polar": (polar, ("quintic", "cubic", "polar_express", "svd", "none"))}
@@ -140,8 +143,11 @@ def _bench_data(root, dataset, model, image_size, batch, workers, steps, precisi
                   f"{r['train_images_per_second'] / r['train_images_per_second_inprocess']:.2f}×")
     table.add_row("SAGE step with its loading", f"{r['step_seconds_with_data']:.3f} s",
                   f"{r['step_seconds_with_data_inprocess']:.3f} s", f"{r['ratio_step_with_data']:.2f}")
-    table.add_row("evaluation images/s (cache / decoding)", f"{r['eval_images_per_second']:,.0f}",
+    table.add_row("evaluation images/s: cache / decoding", f"{r['eval_images_per_second']:,.0f}",
                   f"{r['eval_images_per_second_decode']:,.0f}", f"{r['ratio_eval_cache_decode']:.1f}×")
+    table.add_row("evaluation images/s: decoding by the workers (eval_cache: false)",
+                  f"{r['eval_images_per_second_decode_workers']:,.0f}", f"{r['eval_images_per_second_decode']:,.0f}",
+                  f"{r['eval_images_per_second_decode_workers'] / r['eval_images_per_second_decode']:.1f}×")
     Console().print(table)
     if as_json:
         typer.echo(json.dumps(result))

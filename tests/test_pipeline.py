@@ -132,6 +132,20 @@ def _decoded_accuracy(model, split, normalization_mean, normalization_std, size)
     return correct / len(split)
 
 
+def test_normalising_on_the_device_is_torchvisions_arithmetic(root):
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from sage_cli.data.domainbed import normalization_for
+
+    for name in ("imagenet", "clip"):
+        norm = normalization_for(name)
+        before = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Normalize(norm.mean, norm.std)])
+        images = [Image.open(p).convert("RGB") for p in sorted((root / "PACS" / "photo" / "dog").iterdir())[:4]]
+        pixels = torch.stack([T.PILToTensor()(T.Resize((32, 32))(im)) for im in images])
+        assert torch.equal(norm(pixels), torch.stack([before(im) for im in images]))  # bit for bit
+
+
 def test_cache_holds_the_decoded_pixels_and_gives_the_decoded_accuracies(root, tmp_path):
     recipe = _recipe(root, **{"training.steps": 6, "dataset.cache_dir": str(tmp_path / "cache")})
     data = load_dg_data(recipe)

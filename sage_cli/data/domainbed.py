@@ -108,7 +108,8 @@ class Normalize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(x.device)
-        return x.to(torch.float32).div(255).sub(mean).div(std)
+        y = x.to(torch.float32, copy=True)  # one new tensor, then in place: the same three operations' bits
+        return y.div_(255).sub_(mean).div_(std)
 
 
 def normalization_for(name: str) -> Normalize:

@@ -21,8 +21,8 @@ import torch
 from ..errors import UserError
 from .splits import load_batch
 
-# a few batches ahead per worker: enough to hide a slow image, little memory (uint8)
-PREFETCH_PER_WORKER = 4
+# work items ahead per worker (torch's default): with one step per item, 2 × workers steps are loading or ready
+PREFETCH_PER_WORKER = 2
 
 
 def available_cpus() -> int:
@@ -59,16 +59,24 @@ class Item:
 
 
 class _Images(torch.utils.data.Dataset):
-    """An ``Item`` → (x, y) on the CPU: what a worker runs (the envs travel to it once, when it starts)."""
+    """An ``Item`` → (x, y) on the CPU; a tuple of items (one training step's batches) → their concatenation, so
+    a step crosses from a worker in two tensors, not two per env. What a worker runs (the envs travel to it once,
+    when it starts)."""
 
     def __init__(self, envs):
         self.envs = list(envs)
 
-    def __getitem__(self, item: Item):
+    def _load(self, item: Item):
         train = item.seeds is not None
         seeds = torch.tensor(item.seeds, dtype=torch.long) if train else None
+        return load_batch(self.envs[item.env], torch.tensor(item.indices, dtype=torch.long), train, seeds)
+
+    def __getitem__(self, work: Item | tuple[Item, ...]):
         try:
-            return load_batch(self.envs[item.env], torch.tensor(item.indices, dtype=torch.long), train, seeds)
+            if isinstance(work, Item):
+                return self._load(work)
+            batches = [self._load(item) for item in work]
+            return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
         except UserError as exc:  # comes back as itself: a worker's exception would arrive wrapped in its traceback
             return _Failed(str(exc))
 
@@ -101,8 +109,9 @@ def _quiet_worker(_):
 class Pipeline:
     """Runs a stream of items over ``envs``: in order, ``workers`` processes ahead of the consumer (0: here).
 
-    ``stream(items)`` takes any iterable (it may be endless and decide its items lazily; it is pulled in this
-    process, a few items ahead of what has been consumed), and yields (x, y) per item."""
+    ``stream(items)`` takes any iterable of ``Item``s or tuples of them (it may be endless and decide its items
+    lazily; it is pulled in this process, a few items ahead of what has been consumed), and yields (x, y) per
+    element. ``persistent``: the same item list streamed again reuses the workers (evaluation)."""
 
     def __init__(self, envs, workers: int, pin_memory: bool = False, persistent: bool = False):
         self.envs, self.workers, self.pin_memory = list(envs), int(workers), pin_memory

@@ -105,15 +105,17 @@ def run(dataset: str, root: str, model: str, image_size: int, batch: int, worker
         eval_rate = _eval_rate(pooled.evaluation, runtime.device)
         envs = [s["in"].env for s in data.splits]
         cached = [env.pixels for env in envs]
-        for env in envs:  # the same evaluation without its cache: decoded by the workers
-            env.pixels = None
-        decode = Evaluation(replace(data, eval_cache=None), runtime, workers)
-        try:
-            eval_rate_decode = _eval_rate(decode, runtime.device, repeats=1)
-        finally:
-            decode.close()
-            for env, pixels in zip(envs, cached):
-                env.pixels = pixels
+        for env in envs:  # the same evaluation without its cache: decoded in the training process (as every
+            env.pixels = None  # evaluation was before the cache), and by the workers (dataset.eval_cache: false)
+        rates = {}
+        for n in (0, workers):
+            decode = Evaluation(replace(data, eval_cache=None), runtime, n)
+            try:
+                rates[n] = _eval_rate(decode, runtime.device, repeats=1)
+            finally:
+                decode.close()
+        for env, pixels in zip(envs, cached):
+            env.pixels = pixels
     finally:
         pooled.close()
         inprocess.close()
@@ -124,9 +126,11 @@ def run(dataset: str, root: str, model: str, image_size: int, batch: int, worker
         "image_size": image_size, "batch": batch, "K": len(data.train_envs), "images": n_images,
         "workers": workers, "steps": steps, "data_load_seconds": load_seconds, "eval_cache_build_seconds": cache_seconds,
         "train_images_per_second": train_rate, "train_images_per_second_inprocess": train_rate_inprocess,
-        "eval_images_per_second": eval_rate, "eval_images_per_second_decode": eval_rate_decode,
+        "eval_images_per_second": eval_rate, "eval_images_per_second_decode": rates[0],
+        "eval_images_per_second_decode_workers": rates[workers],
         "step_seconds_with_data": step_with_data, "step_seconds_with_data_inprocess": step_with_data_inprocess,
         "ratio_step_with_data": step_with_data / step_with_data_inprocess,
-        "ratio_eval_cache_decode": eval_rate / eval_rate_decode,
+        "ratio_eval_cache_decode": eval_rate / rates[0],
+        "ratio_eval_cache_decode_workers": eval_rate / rates[workers],
         "per_domain_path": getattr(getattr(pooled.optimizer, "per_domain", None), "path", None),
     }

@@ -178,21 +178,21 @@ class Batcher:
         items = [Item.of(e, *s.draw(int(n))) for e, s, n in zip(self.envs, self.samplers, counts) if n > 0]
         return StepPlan(items, counts[counts > 0].float(), before)
 
-    def _items(self):
+    def _steps(self):
         while True:
             plan = self.plan()
             self._planned.append(plan)
-            yield from plan.items
+            yield tuple(plan.items)  # one work item a step: its batches load together
 
     def next(self):
         """(xs, ys, weights): one batch per env that got images this step (on the CPU, pinned for a CUDA
         device), and their sample counts."""
         if self._stream is None:
-            self._stream = self.pipeline.stream(self._items())
-        first = next(self._stream)  # its step's plan was drawn before it, so it is the oldest planned one
+            self._stream = self.pipeline.stream(self._steps())
+        x, y = next(self._stream)  # its plan was drawn before it, so it is the oldest planned one
         plan = self._planned.popleft()
-        batches = [first] + [next(self._stream) for _ in plan.items[1:]]
-        return [x for x, _ in batches], [y for _, y in batches], plan.weights
+        sizes = [len(item.indices) for item in plan.items]
+        return list(x.split(sizes)), list(y.split(sizes)), plan.weights
 
     def state_dict(self) -> dict:
         return self._planned[0].state_before if self._planned else self._state()
