@@ -7,6 +7,7 @@ serves every environment (torch's DataLoader: worker processes started once, in-
 for a CUDA device); ``workers: 0`` loads in the training process, the same items in the same order.
 
 Not for: in-memory datasets (the embedded digits): their batches are tensor slices, cheaper than any transfer.
+Multi-task batches go through it too (``load=mtl.data.task_batch``), an epoch at a time.
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ class _Images(torch.utils.data.Dataset):
     a step crosses from a worker in two tensors, not two per env. What a worker runs (the envs travel to it once,
     when it starts)."""
 
-    def __init__(self, envs):
-        self.envs = list(envs)
+    def __init__(self, envs, load=load_batch):
+        self.envs, self.load = list(envs), load
 
     def _load(self, item: Item):
         train = item.seeds is not None
         seeds = torch.tensor(item.seeds, dtype=torch.long) if train else None
-        return load_batch(self.envs[item.env], torch.tensor(item.indices, dtype=torch.long), train, seeds)
+        return self.load(self.envs[item.env], torch.tensor(item.indices, dtype=torch.long), train, seeds)
 
     def __getitem__(self, work: Item | tuple[Item, ...]):
         try:
@@ -111,16 +112,17 @@ class Pipeline:
 
     ``stream(items)`` takes any iterable of ``Item``s or tuples of them (it may be endless and decide its items
     lazily; it is pulled in this process, a few items ahead of what has been consumed), and yields (x, y) per
-    element. ``persistent``: the same item list streamed again reuses the workers (evaluation)."""
+    element. ``persistent``: the same item list streamed again reuses the workers (evaluation, MTL epochs).
+    ``load(env, indices, train, seeds)`` makes a batch (a module-level function: workers receive it pickled)."""
 
-    def __init__(self, envs, workers: int, pin_memory: bool = False, persistent: bool = False):
-        self.envs, self.workers, self.pin_memory = list(envs), int(workers), pin_memory
+    def __init__(self, envs, workers: int, pin_memory: bool = False, persistent: bool = False, load=load_batch):
+        self.envs, self.workers, self.pin_memory, self.load = list(envs), int(workers), pin_memory, load
         self.persistent = persistent and self.workers > 0
         self._loaders: dict[int, torch.utils.data.DataLoader] = {}
 
     def stream(self, items: Iterable[Item]) -> Iterator:
         if self.workers == 0:
-            images = _Images(self.envs)
+            images = _Images(self.envs, self.load)
             return _checked(images[item] for item in items)
         return _checked(iter(self._loader(items)))
 
@@ -130,7 +132,7 @@ class Pipeline:
         if key in self._loaders:
             return self._loaders[key]
         loader = torch.utils.data.DataLoader(
-            _Images(self.envs), batch_size=None, sampler=items, num_workers=self.workers,
+            _Images(self.envs, self.load), batch_size=None, sampler=items, num_workers=self.workers,
             pin_memory=self.pin_memory, prefetch_factor=PREFETCH_PER_WORKER, persistent_workers=self.persistent,
             multiprocessing_context=_start_method(), worker_init_fn=_quiet_worker)
         if self.persistent:

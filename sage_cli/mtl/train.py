@@ -10,6 +10,7 @@ import time
 import torch
 
 from ..catalog import DATASETS, MODELS
+from ..data.pipeline import Item, Pipeline, in_memory, resolve_workers
 from ..data.splits import seed_hash
 from ..optim.build import build_optimizer
 from ..optim.grads import frozen_norm_stats
@@ -19,6 +20,16 @@ from ..train.loop import STAT_KEYS, TrainResult, train
 from ..train.runtime import Runtime
 from .data import MTLData, task_batch
 from .losses import task_loss
+
+
+class _Epoch:
+    """The current epoch's work items; one object streamed again each epoch, so the workers persist."""
+
+    def __init__(self):
+        self.items: list = []
+
+    def __iter__(self):
+        return iter(self.items)
 
 
 def load_mtl_data(recipe: Recipe) -> MTLData:
@@ -48,6 +59,12 @@ class MTLTask:
         self.batch_size = recipe.training.batch_size
         self.per_epoch = math.ceil(len(data.train) / self.batch_size)
         self.total_steps = recipe.training.epochs * self.per_epoch
+        # an epoch's batches, loaded by workers ahead of the steps; never across an epoch's end, where the
+        # checkpoint holds the order generator's state for the next epoch
+        self.epoch = _Epoch()
+        self.pipeline = Pipeline([data.train], runtime.workers, pin_memory=device.type == "cuda",
+                                 persistent=True, load=task_batch)
+        self._batches = None
 
     def first_step(self, resumed_from: int) -> int:
         return resumed_from * self.per_epoch
@@ -60,9 +77,12 @@ class MTLTask:
             self.seeds = torch.randint(2**31 - 1, (n,), generator=self.sampler)
             self.sums = torch.zeros(len(self.data.tasks))
             self.epoch_start = time.perf_counter()
-        rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
-        x, y = task_batch(self.data.train, self.order[rows], train=True, seeds=self.seeds[rows])
-        x, y = x.to(self.device), {t: v.to(self.device) for t, v in y.items()}
+            rows = [slice(i, i + self.batch_size) for i in range(0, n, self.batch_size)]
+            self.epoch.items = [Item.of(0, self.order[r], self.seeds[r]) for r in rows]
+            self._batches = self.pipeline.stream(self.epoch)
+        x, y = next(self._batches)
+        x = x.to(self.device, non_blocking=True)
+        y = {t: v.to(self.device, non_blocking=True) for t, v in y.items()}
         model, tasks = self.model, self.data.tasks
 
         def closure():
@@ -78,7 +98,8 @@ class MTLTask:
         return float(losses.sum()), self.optimizer.stats
 
     def close(self) -> None:
-        pass
+        self._batches = None
+        self.pipeline.close()
 
     def distribution_losses(self, batches: int, seed: int):
         """Every task's loss on the same fixed training samples (no augmentation), against the shared
@@ -127,7 +148,7 @@ class MTLProtocol:
         return MTLTask(recipe, data, runtime)
 
     def loader_workers(self, recipe: Recipe, data) -> int:
-        return 0  # batches are loaded in the training process (not yet through the worker pipeline)
+        return 0 if in_memory([data.train]) else resolve_workers(recipe.dataset.workers)
 
     def total_steps(self, recipe: Recipe, data) -> int:
         return recipe.training.epochs * -(-len(data.train) // recipe.training.batch_size)
