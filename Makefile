@@ -32,10 +32,10 @@ bench-speed: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
 	$(BIN)/python bench/report_speed.py
-	$(BIN)/python bench/data_pipeline.py   # sage bench --data on a generated PACS-sized folder (227² JPEGs)
+	$(BIN)/python bench/data_pipeline.py   # sage bench --data on a generated PACS-sized folder (227² JPEGs) → README
 	$(BIN)/python bench/speed_table.py   # sage bench on small_cnn, resnet50, vit_b16, mtan → README "Speed" (~25 min on 2 cores)
 
-# the input pipeline alone: workers vs the training process, evaluation cache vs decoding (~2 minutes)
+# the input pipeline alone: workers vs the training process, evaluation cache vs decoding (~5 minutes) → README
 bench-data: $(STAMP)
 	$(BIN)/python bench/data_pipeline.py
 

@@ -55,13 +55,14 @@ def table(results: list[dict]) -> str:
                       "random weights and data.", "", head, *map(_row, results), *polar])
 
 
-def write_readme(text: str) -> None:
+def write_readme(text: str, start: str = START, end: str = END) -> None:
+    """Replace what stands between the README's ``start`` and ``end`` markers with ``text``."""
     readme = README.read_text()
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md has no {START} … {END} section")
-    before, rest = readme.split(START, 1)
-    after = rest.split(END, 1)[1]
-    README.write_text(f"{before}{START}\n{text}\n{END}{after}")
+    if start not in readme or end not in readme:
+        raise SystemExit(f"README.md has no {start} … {end} section")
+    before, rest = readme.split(start, 1)
+    after = rest.split(end, 1)[1]
+    README.write_text(f"{before}{start}\n{text}\n{end}{after}")
 
 
 def main() -> None:

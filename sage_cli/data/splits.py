@@ -46,12 +46,12 @@ def load_batch(env, indices: torch.Tensor, train: bool, seeds: torch.Tensor | No
     return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items], dtype=torch.long)
 
 
-def to_device(env, x: torch.Tensor, y: torch.Tensor, device):
+def to_device(env, x: torch.Tensor, y: torch.Tensor, device, out: torch.Tensor | None = None):
     """A batch of ``env`` as the model reads it on ``device`` (copied without waiting when the memory is pinned,
-    normalised there when the env stores uint8 pixels)."""
+    normalised there when the env stores uint8 pixels, into ``out`` when given)."""
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     normalize = getattr(env, "normalize", None)
-    return (normalize(x) if normalize is not None else x), y
+    return (normalize(x, out) if normalize is not None else x), y
 
 
 @dataclass
@@ -62,11 +62,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def batches(self, batch_size: int = 256):
-        """The whole split in order, untransformed for training (evaluation transform)."""
-        for i in range(0, len(self.indices), batch_size):
-            yield load_batch(self.env, self.indices[i:i + batch_size], train=False)
-
 
 def split_env(env, holdout_fraction: float, seed: int) -> tuple[Split, Split]:
     """(out, in): a seeded ``holdout_fraction`` of the env held out for validation, the rest to train on."""
@@ -76,7 +71,8 @@ def split_env(env, holdout_fraction: float, seed: int) -> tuple[Split, Split]:
 
 
 class InfiniteSampler:
-    """Mini-batches drawn with replacement from one split, from its own generator (resumable state)."""
+    """Which images each mini-batch of one split holds (drawn with replacement) and their augmentation seeds, from
+    its own generator (resumable state)."""
 
     def __init__(self, split: Split, batch_size: int, seed: int):
         self.split, self.batch_size = split, batch_size
@@ -89,10 +85,6 @@ class InfiniteSampler:
         positions = torch.randint(len(self.split), (n,), generator=self.generator)
         seeds = torch.randint(2**31 - 1, (n,), generator=self.generator)
         return self.split.indices[positions], seeds
-
-    def next(self, n: int | None = None):
-        indices, seeds = self.draw(n)
-        return load_batch(self.split.env, indices, train=True, seeds=seeds)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -87,9 +87,17 @@ class Evaluation:
         return self.pipeline
 
     def batches(self):
-        """(key, x, y) on the device, normalised, in evaluation order; key = (env, "in" | "out")."""
+        """(key, x, y) on the device, normalised, in evaluation order; key = (env, "in" | "out"). Each x is
+        overwritten by the next: use it before asking for the next batch."""
+        buffer = None
         for (key, _), (x, y) in zip(self.items, self._pipeline().stream(self._work)):
-            yield (key, *to_device(self.data.splits[key[0]]["in"].env, x, y, self.runtime.device))
+            env = self.data.splits[key[0]]["in"].env
+            out = None
+            if x.dtype == torch.uint8:  # image pixels: normalised into one reused float32 tensor
+                if buffer is None or buffer.shape[1:] != x.shape[1:] or len(buffer) < len(x):
+                    buffer = torch.empty(x.shape, dtype=torch.float32, device=self.runtime.device)
+                out = buffer[:len(x)]
+            yield (key, *to_device(env, x, y, self.runtime.device, out))
 
     @torch.no_grad()
     def __call__(self, model) -> dict[tuple[int, str], float]:
