@@ -236,3 +236,25 @@ def test_mtl_batches_through_the_workers_are_the_same(tmp_path):
         results[workers] = train_mtl(recipe)
     assert _metrics(results[0].history) == _metrics(results[2].history)
     assert _same_model(results[0].model, results[2].model)
+
+
+def test_a_run_prints_and_tags_what_it_resolved(root, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from sage_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU named: the tag says so
+    result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--set", "dataset.name=pacs", "--set",
+                                      f"dataset.root={root}", "--set", "dataset.image_size=16", "--set",
+                                      "dataset.workers=2", "--set", "training.steps=3", "--test-env", "0"])
+    assert result.exit_code == 0, result.output
+    assert "device cpu · precision tf32 (no TF32 on a CPU: fp32) · deterministic off · loader workers 2" in result.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    tags = run.data.tags
+    assert (tags["sage.device"], tags["sage.precision"], tags["sage.workers"]) == ("cpu", "tf32", "2")
+    assert tags["sage.deterministic"] == "false" and tags["sage.per_domain_path"] == "one-backward"
+    assert tags["sage.cuda_visible_devices"] == ""

@@ -69,3 +69,46 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
     assert a.keys() == b.keys()
     for key in a:  # bit for bit, at every checkpoint
         assert a[key] == b[key], key
+
+
+def test_a_gpu_checkpoint_resumes_on_a_cpu_with_a_note(tmp_path, capsys):
+    """A checkpoint written on a GPU holds a CUDA RNG state and a CUDA noise generator; on a CPU-only process
+    (this one) the run resumes from it, leaving those out with one note each."""
+    import torch
+
+    from sage_cli.optim.noise import NoiseSource
+    from sage_cli.recipe import load_recipe
+    from sage_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from sage_cli.train.dg import train_dg
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this test needs a process without CUDA")
+    recipe = load_recipe(QUICKSTART, {"training.steps": 6, "training.checkpoint_freq": 2, "optimizer.gamma": 0.05})
+    ckpt = tmp_path / "checkpoint.pt"
+    steps = []
+    try:
+        train_dg(recipe, checkpoint_path=ckpt, progress=steps.append, should_stop=lambda: len(steps) >= 3)
+    except Exception as exc:  # Preempted at step 2 (a checkpoint)
+        assert type(exc).__name__ == "Preempted"
+    state = load_checkpoint(ckpt)
+    cuda_philox = torch.zeros(16, dtype=torch.uint8)  # what torch.cuda.get_rng_state() returns: seed and offset
+    state["rng"]["cuda"] = cuda_philox
+    noise = state["parts"]["optimizer"]["extra"]
+    noise["generators"]["cuda:1"] = cuda_philox  # a generator saved on the second GPU
+    save_checkpoint(ckpt, state, meta={"step": state["step"], "finished": False, "recipe_hash": recipe.hash()})
+    capsys.readouterr()
+    resumed = train_dg(recipe, checkpoint_path=ckpt)
+    err = capsys.readouterr().err
+    assert resumed.resumed_from == 3 and [r.step for r in resumed.history] == [0, 2, 4, 5]
+    assert "comes from a GPU run and no CUDA device is visible" in err
+    assert "cuda:1 noise generator cannot continue without a CUDA device" in err
+    # the older format (every visible GPU's state) loads too, and a CPU generator state comes back exactly
+    set_rng_state({**rng_state(), "cuda": [cuda_philox, cuda_philox]})
+    source = NoiseSource(seed=3)
+    source.normal_like(torch.zeros(2))
+    saved = source.state_dict()
+    again = NoiseSource(seed=0)
+    again.load_state_dict(saved)
+    assert torch.equal(again.normal_like(torch.zeros(5)), source.normal_like(torch.zeros(5)))

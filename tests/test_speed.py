@@ -137,10 +137,40 @@ def test_bench_with_train_mode_batchnorm_reports_the_exact_path():
     assert result["per_domain_path"] == "exact" and "BatchNorm in training mode" in result["per_domain_reason"]
 
 
+def test_bench_under_bf16_keeps_the_one_backward_path():
+    proc = subprocess.run([SAGE_BIN, "bench", "--model", "vit_tiny", "--steps", "1", "--precision", "bf16", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["precision"] == "bf16" and result["per_domain_path"] == "one-backward"
+
+
+def test_bench_data_times_the_real_pipeline(tmp_path):
+    from fixtures import make_tree
+
+    make_tree(tmp_path, "pacs", per_class=6, size=40)
+    proc = subprocess.run([SAGE_BIN, "bench", "--data", str(tmp_path), "--dataset", "pacs", "--workers", "2",
+                           "--image-size", "16", "16", "--batch", "4", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("workers", "train_images_per_second", "train_images_per_second_inprocess", "eval_images_per_second",
+                "eval_images_per_second_decode", "step_seconds_with_data", "step_seconds_with_data_inprocess"):
+        assert result[key] > 0, key
+    assert result["workers"] == 2 and result["images"] == 4 * 3 * 6 and result["per_domain_path"] == "one-backward"
+    assert "training images/s" in proc.stdout
+
+
 @pytest.mark.parametrize("args, message", [(["--model", "vgg"], "--model 'vgg'"),
                                            (["--polar-dtype", "fp8"], "--polar-dtype 'fp8'"),
                                            (["--device", "cuda"], "no CUDA device"),
-                                           (["--batch", "2", "--domains", "3"], "gives a domain no image")])
+                                           (["--batch", "2", "--domains", "3"], "gives a domain no image"),
+                                           (["--precision", "fp16"], "--precision 'fp16'"),
+                                           (["--data", "/nonexistent"], "--data and --dataset go together"),
+                                           (["--data", "/nonexistent", "--dataset", "nyuv2"], "--dataset 'nyuv2'"),
+                                           (["--data", "/nonexistent", "--dataset", "pacs"], "/nonexistent"),
+                                           (["--data", "/tmp", "--dataset", "pacs", "--workers", "many"],
+                                            "--workers 'many'")])
 def test_bench_bad_input_is_one_line_exit_2(args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")

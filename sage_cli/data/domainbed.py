@@ -187,14 +187,16 @@ class FolderEnv:
         finally:
             generator.set_state(saved)
 
-    def batch_pixels(self, indices):
-        """Evaluation pixels of ``indices`` from the cache (uint8), or None when no cache is attached."""
+    def batch_pixels(self, indices, out: torch.Tensor | None = None):
+        """Evaluation pixels of ``indices`` from the cache (uint8, into ``out`` when given), or None when no cache
+        is attached."""
         if self.pixels is None:
             return None
         import numpy as np
 
         index = np.asarray(indices, dtype=np.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.pixels[index])), self.labels[torch.as_tensor(index)]
+        x = torch.from_numpy(np.take(self.pixels, index, axis=0, out=None if out is None else out.numpy()))
+        return x, self.labels[torch.as_tensor(index)]
 
 
 @dataclass(frozen=True)
