@@ -32,8 +32,8 @@ class Count(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(model_name: str) -> dict:
-    work = build(model_name)
+def count(model_name: str, freeze_bn: bool = True) -> dict:
+    work = build(model_name, freeze_bn=freeze_bn)
     out = {}
     for name, (make, _) in optimizers(work, "quintic", 5, "float32", 1).items():
         model = work.make_model()
@@ -51,5 +51,6 @@ def count(model_name: str) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--train-bn", action="store_true", help="resnet50: BatchNorm in training mode (exact path)")
     args = parser.parse_args()
-    print(json.dumps({args.model: count(args.model)}))
+    print(json.dumps({args.model + (" train-bn" if args.train_bn else ""): count(args.model, not args.train_bn)}))

@@ -252,9 +252,8 @@ def test_a_run_prints_and_tags_what_it_resolved(root, tmp_path, monkeypatch):
                                       "dataset.workers=2", "--set", "training.steps=3", "--test-env", "0"])
     assert result.exit_code == 0, result.output
     assert "device cpu · precision tf32 (no TF32 on a CPU: fp32) · deterministic off · loader workers 2" in result.output
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [run] = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    tags = run.data.tags
+    run_id, uri = result.output.split("mlflow run ")[1].split()[0], result.output.split(" FINISHED in ")[1].split()[0]
+    tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
     assert (tags["sage.device"], tags["sage.precision"], tags["sage.workers"]) == ("cpu", "tf32", "2")
     assert tags["sage.deterministic"] == "false" and tags["sage.per_domain_path"] == "one-backward"
     assert tags["sage.cuda_visible_devices"] == ""
