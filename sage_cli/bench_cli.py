@@ -77,9 +77,6 @@ def bench(
     second with the loader's workers and in the training process, evaluation images per second from the cache
     and by decoding, and a SAGE step including its loading both ways (``--batch``: images per domain, default 32;
     ``--image-size``: the first number, default 224)."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `sage run` sets it: timings are a run's
     choices = {"--model": (model, MODEL_CHOICES), "--polar-dtype": (polar_dtype, ("float32", "bfloat16")),
                "--device": (device, ("cpu", "cuda")), "--precision": (precision, ("fp32", "tf32", "bf16")),
                "--polar": (polar, ("quintic", "cubic", "polar_express", "svd", "none"))}
@@ -90,6 +87,16 @@ def bench(
         _fail(f"--workers '{workers}': auto or a count >= 0")
     if (data is None) != (dataset is None):
         _fail("--data and --dataset go together: --data ROOT --dataset NAME")
+    if data is not None:
+        from types import SimpleNamespace
+
+        from .catalog import DATASETS
+        from .openmp import quiet_idle_threads
+
+        folders = [n for n in DATASETS.names() if DATASETS.entry(n).kind == "dg" and not DATASETS.entry(n).in_memory]
+        if dataset not in folders:
+            _fail(f"--dataset '{dataset}': choose from {', '.join(sorted(folders))}")
+        quiet_idle_threads(SimpleNamespace(name=dataset, workers=workers if workers == "auto" else int(workers)))
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -117,19 +124,14 @@ def _bench_data(root, dataset, model, image_size, batch, workers, steps, precisi
     from rich.console import Console
     from rich.table import Table
 
-    from .catalog import DATASETS
-    from .data.domainbed import SPECS
     from .errors import UserError
     from .speed import data_bench
 
-    if dataset not in SPECS:
-        _fail(f"--dataset '{dataset}': choose from {', '.join(sorted(SPECS))}")
     if model not in data_bench.BACKBONES:
         _fail(f"--model '{model}' with --data: choose from {', '.join(data_bench.BACKBONES)}")
     console = Console(stderr=True)
     size = image_size[0] if image_size else 224
     try:
-        DATASETS.check(dataset)
         result = data_bench.run(dataset, str(root), model, size, batch or 32, workers if workers == "auto" else int(workers),
                                 max(steps, 10), precision, device, say=lambda m: console.print(m, markup=False))
     except UserError as exc:

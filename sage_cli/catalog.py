@@ -26,7 +26,7 @@ def _domainbed(cls: str, envs: tuple[str, ...]) -> Entry:
 # Environments in DomainBed's order (sorted folder names): recipe checks need their count.
 DATASETS = Registry("dataset", {
     "rotated_digits": Entry("sage_cli.data.digits:RotatedDigits", "dg", ("small_cnn",),
-                            ("0", "15", "30", "45", "60", "75")),
+                            ("0", "15", "30", "45", "60", "75"), in_memory=True),
     "pacs": _domainbed("PACS", ("art_painting", "cartoon", "photo", "sketch")),
     "vlcs": _domainbed("VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007")),
     "officehome": _domainbed("OfficeHome", ("Art", "Clipart", "Product", "Real World")),
@@ -35,7 +35,7 @@ DATASETS = Registry("dataset", {
     # multi-task benchmarks: an entry is a loader ``(dataset settings) -> MTLData``
     "nyuv2": Entry("sage_cli.mtl.data:nyuv2", "mtl", DENSE_BACKBONES),
     "cityscapes": Entry("sage_cli.mtl.data:cityscapes", "mtl", DENSE_BACKBONES),
-    "mtl_digits": Entry("sage_cli.mtl.data:mtl_digits", "mtl", ("digit_pairs_cnn",)),
+    "mtl_digits": Entry("sage_cli.mtl.data:mtl_digits", "mtl", ("digit_pairs_cnn",), in_memory=True),
 })
 
 # DG backbones: ``(input_shape, n_classes, backbone settings, class names) -> Classifier``;

@@ -3,7 +3,6 @@ the commands so that ``sage --help`` stays instant."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -49,10 +48,11 @@ def run(
     wait: bool = typer.Option(False, "--wait", help="If this recipe is running already, wait for it to end."),
 ):
     """Train one recipe and record it as one MLflow run (an interrupted run resumes where it stopped)."""
-    # before torch loads OpenMP: idle threads sleep instead of spinning on the CPUs the loader's workers use
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         resolved = _load(recipe, set_, seed, test_env)
+        from .openmp import quiet_idle_threads
+
+        quiet_idle_threads(resolved.dataset)  # before torch loads
         from .errors import TrainingDiverged
         from .train.runner import run_recipe
 

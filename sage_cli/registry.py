@@ -38,6 +38,7 @@ class Entry:
     # backbones: bumped when the architecture changes, so runs of the old one are not resumed into the new
     # one; 0 adds nothing to a run's identity
     revision: int = 0
+    in_memory: bool = False  # datasets: embedded and held in memory (no loader workers)
 
 
 class Registry:

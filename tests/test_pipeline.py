@@ -257,3 +257,18 @@ def test_a_run_prints_and_tags_what_it_resolved(root, tmp_path, monkeypatch):
     assert (tags["sage.device"], tags["sage.precision"], tags["sage.workers"]) == ("cpu", "tf32", "2")
     assert tags["sage.deterministic"] == "false" and tags["sage.per_domain_path"] == "one-backward"
     assert tags["sage.cuda_visible_devices"] == ""
+
+
+def test_idle_openmp_threads_sleep_only_beside_loader_workers(root, monkeypatch):
+    from sage_cli.openmp import quiet_idle_threads
+
+    for overrides, expected in [({}, None), ({"dataset.workers": 0}, None), ({"dataset.workers": 2}, "PASSIVE")]:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        digits = load_recipe(QUICKSTART, overrides)
+        quiet_idle_threads(digits.dataset)  # in-memory data: OpenMP's default stays
+        assert "OMP_WAIT_POLICY" not in os.environ
+        quiet_idle_threads(_recipe(root, **overrides).dataset)
+        assert os.environ.get("OMP_WAIT_POLICY") == (expected if overrides else "PASSIVE")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    quiet_idle_threads(_recipe(root).dataset)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # what the user set stays

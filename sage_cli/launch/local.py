@@ -58,8 +58,7 @@ def _start(state: SweepState, job: JobRecord, threads: int, gpu: str | None = No
     logs = state.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     job.log_path = str(logs / f"{job.hash}.log")
-    env = {**os.environ, **state.job_environment(), "OMP_NUM_THREADS": str(threads), "COLUMNS": "120",
-           "OMP_WAIT_POLICY": "PASSIVE"}  # idle OpenMP threads sleep instead of spinning on the loader's CPUs
+    env = {**os.environ, **state.job_environment(), "OMP_NUM_THREADS": str(threads), "COLUMNS": "120"}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU per job: N parallel jobs spread over the visible GPUs
     with open(job.log_path, "ab") as log:

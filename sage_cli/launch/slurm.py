@@ -87,6 +87,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         import sys
 
         from ..errors import Preempted, UserError
+        from ..openmp import quiet_idle_threads
         from ..recipe import load_recipe
         from ..train.runner import run_recipe
 
@@ -94,8 +95,9 @@ class SweepJob(submitit.helpers.Checkpointable):
         preemption = _Preemption()
         preemption.install()
         try:
-            outcome = run_recipe(load_recipe(self.recipe_path), console=Console(width=120),
-                                 should_stop=preemption.requested)
+            recipe = load_recipe(self.recipe_path)
+            quiet_idle_threads(recipe.dataset)  # before torch loads in this job's process
+            outcome = run_recipe(recipe, console=Console(width=120), should_stop=preemption.requested)
         except Preempted:
             preemption.hand_over()
             raise
@@ -144,8 +146,7 @@ def submit(state: SweepState, jobs: list[JobRecord], cfg: SlurmConfig, console: 
     # the sweep's first job stands for all: one sweep is one launch configuration
     cpus, gpus = job_resources(cfg, load_recipe(jobs[0].recipe_path))
     executor = _executor(state, cfg, cpus, gpus)
-    # idle OpenMP threads sleep (set before the job's torch loads): they would spin on the loader's CPUs
-    env = {**state.job_environment(), "OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**state.job_environment(), "OMP_NUM_THREADS": str(cpus)}
     if gpus:
         env[GPU_EXPECTED] = "1"  # the job refuses to train on the CPU if SLURM's GPU is not visible to it
     chunk = max(1, max_array_size())
