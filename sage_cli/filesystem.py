@@ -4,6 +4,7 @@ and a path under a regular file fails only when written to."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,3 +18,17 @@ def write_problem(folder: Path) -> str | None:
     except OSError as exc:
         return str(exc.strerror or exc)
     return None
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock across processes (fcntl on ``path``, created if missing), waited for."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

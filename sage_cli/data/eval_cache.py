@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserError
@@ -57,19 +56,6 @@ def is_built(folder: Path) -> bool:
     return (folder / "manifest.json").is_file()
 
 
-@contextmanager
-def _lock(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def check_space(folder: Path, needed: int) -> None:
     from ..filesystem import write_problem
 
@@ -92,7 +78,9 @@ def build(folder: Path, envs, image_size: int, workers: int, say=print, progress
     from .pipeline import Item, Pipeline
 
     needed = bytes_needed(envs, image_size)
-    with _lock(folder.parent / f".{folder.name}.lock"):
+    from ..filesystem import file_lock
+
+    with file_lock(folder.parent / f".{folder.name}.lock"):
         if is_built(folder):  # a parallel job built it while this one waited
             return
         check_space(folder, needed)

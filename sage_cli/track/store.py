@@ -89,11 +89,7 @@ def store_lock(uri: str):
     if db is None:
         yield
         return
-    import fcntl
+    from ..filesystem import file_lock
 
-    with open(db.with_name(db.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
