@@ -83,6 +83,8 @@ def bench(
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             _fail(f"{option} '{value}': choose from {', '.join(allowed)}")
+    if image_size is not None and not all(8 <= side <= 4096 for side in image_size):
+        _fail(f"--image-size {image_size[0]} {image_size[1]}: each side between 8 and 4096 pixels")
     if workers != "auto" and not (workers.isdigit()):
         _fail(f"--workers '{workers}': auto or a count >= 0")
     if (data is None) != (dataset is None):

@@ -11,7 +11,7 @@ import typer
 
 from .analysis_cli import register as register_analysis
 from .bench_cli import register as register_bench
-from .errors import UserError
+from .errors import Stopped, UserError
 from .errors import exit_with as _fail
 
 app = typer.Typer(
@@ -61,8 +61,11 @@ def run(
         _fail(str(exc))
     except TrainingDiverged as exc:
         _fail(str(exc), code=1)
+    except Stopped as exc:
+        _fail(f"interrupted; MLflow run {exc.run_id} is marked KILLED and its checkpoint kept for the next run",
+              code=130)
     except KeyboardInterrupt:
-        _fail("interrupted; the MLflow run is marked KILLED and its checkpoint kept for the next run", code=130)
+        _fail("interrupted while starting, before any MLflow run existed: nothing was recorded", code=130)
     typer.echo(outcome.summary)
     kept = " (kept in the run folder until `sage sync`: the server was unreachable)" if outcome.spooled else ""
     typer.echo(f"mlflow run {outcome.run_id} FINISHED in {outcome.tracking_uri}{kept}")
@@ -230,9 +233,12 @@ def _split(values: str | None, cast=float, name: str = "") -> list | None:
     if values is None:
         return None
     try:
-        return [cast(v) for v in values.split(",") if v.strip()]
+        found = [cast(v) for v in values.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"--{name} '{values}': expected a comma-separated list of numbers") from None
+    if not found:
+        raise UserError(f"--{name} '{values}': no value given; e.g. --{name} 1e-6,1e-5")
+    return found
 
 
 def _test_envs(value: str | None):
@@ -265,6 +271,8 @@ def _launch(sweep_id, name, jobs, tracking_uri, experiment, slurm, launcher, max
 
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher '{launcher}': choose {' or '.join(LAUNCHERS.names())}")
+    if not dry_run:
+        LAUNCHERS.get(launcher)().check()  # no scheduler here: one line before anything is planned or printed
     plan = make_plan(sweep_id, name, jobs, tracking_uri, experiment, slurm, force)
     console = Console()
     if dry_run:
@@ -344,6 +352,16 @@ def sweep(
         _fail(str(exc))
 
 
+def _writable(folder: Path | None, option: str) -> None:
+    """An output folder is written into for real before any work (permission bits say nothing to root, and a
+    read-only mount only answers a write)."""
+    from .filesystem import write_problem
+
+    problem = write_problem(folder) if folder is not None else None
+    if problem:
+        raise UserError(f"{option} {folder}: cannot write there ({problem}); nothing was written")
+
+
 @app.command()
 def report(
     sweeps: Optional[List[str]] = typer.Argument(None, help="Sweep ids (or prefixes); none: every sweep."),
@@ -366,6 +384,11 @@ def report(
             raise UserError(f"--format '{fmt}': choose {', '.join(FORMATS)}")
         if out is not None and out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a folder")
+        if from_domainbed is not None and (experiment or tracking_uri):
+            given = "--experiment" if experiment else "--tracking-uri"
+            raise UserError(f"--from-domainbed reads a DomainBed folder, not an MLflow store: {given} does not "
+                            "apply to it; give one or the other")
+        _writable(out, "--out")
         from rich.console import Console
 
         from .report.build import build, write
@@ -405,6 +428,7 @@ def export(
         from .report.runs import from_store
         from .track.mlflow_run import absolute_uri, resolve_tracking_uri
 
+        _writable(domainbed, "--domainbed")
         uri = absolute_uri(resolve_tracking_uri(tracking_uri))
         n = export_runs(uri, from_store(uri, sweeps, experiment), domainbed)
         typer.echo(f"wrote {n} runs to {domainbed} (python -m domainbed.scripts.collect_results --input_dir {domainbed})")
@@ -427,14 +451,17 @@ def status(sweep: Optional[str] = typer.Argument(None, help="Sweep id (or a uniq
             table = Table(title="sweeps")
             for col in ("sweep", "launcher", "jobs", "tracking"):
                 table.add_column(col)
-            for st in all_sweeps():
+            skipped: list[str] = []
+            for st in all_sweeps(skipped):
                 table.add_row(st.id, st.launcher, str(len(st.jobs)), st.tracking_uri)
             console.print(table)
+            for line in skipped:
+                typer.echo(f"skipped: {line}", err=True)
             return
         state = SweepState.load(sweep)
+        rows = job_statuses(state)
     except UserError as exc:
         _fail(str(exc))
-    rows = job_statuses(state)
     table = Table(title=f"sweep {state.id} ({state.launcher})", title_justify="left")
     for col in ("job", "hash", "status", "scheduler id", "attempt", "resumed from"):
         table.add_column(col)
@@ -455,9 +482,9 @@ def cancel(sweep: str = typer.Argument(..., help="Sweep id (or a unique prefix).
 
     try:
         state = SweepState.load(sweep)
+        typer.echo(f"cancelled {cancel_sweep(state)} job(s) of {state.id}")
     except UserError as exc:
         _fail(str(exc))
-    typer.echo(f"cancelled {cancel_sweep(state)} job(s) of {state.id}")
 
 
 @app.command()
@@ -490,8 +517,17 @@ register_analysis(app)
 register_bench(app)
 
 
-def main() -> None:  # python -m sage_cli
-    app(prog_name="sage")
+def main() -> None:
+    """The ``sage`` command (and ``python -m sage_cli``). An error of the MLflow store that no command foresaw
+    (a server answering errors mid-command, a store refusing a write) is one line, not a traceback."""
+    try:
+        app(prog_name="sage")
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "mlflow":
+            raise
+        text = str(exc).strip().splitlines()
+        typer.echo(f"error: the MLflow store failed: {(text[0] if text else type(exc).__name__)[:300]}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,12 @@ class Preempted(Exception):
     def __init__(self, step: int):
         super().__init__(f"preempted; the checkpoint of step {step} is saved, to resume from")
         self.step = step
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM obeyed once the MLflow run existed: the run is marked KILLED, its checkpoint kept. A
+    plain KeyboardInterrupt from ``sage run`` came before any run existed: nothing was recorded."""
+
+    def __init__(self, run_id: str):
+        super().__init__(run_id)
+        self.run_id = run_id

@@ -363,21 +363,74 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read, override and validate a recipe; any problem is a one-line ``UserError``."""
-    path = Path(path)
+MAX_YAML_BYTES = 1 << 20  # a recipe or an experiment file is a page of text
+MAX_YAML_NODES = 100_000  # after alias expansion: ~100× the largest experiment file shipped
+
+
+def read_yaml(path: Path, what: str) -> tuple[Any, Any]:
+    """(node tree, data) of a small YAML file; any problem — missing, unreadable, too long a name, not UTF-8
+    text, malformed, or aliases that expand past ``MAX_YAML_NODES`` (a "billion laughs" file: a few hundred
+    bytes that would take gigabytes and minutes to build) — is a one-line ``UserError`` before anything is built."""
     source = str(path)
-    if not path.is_file():
-        raise UserError(f"{source}: recipe file not found")
-    text = path.read_text()
+    try:
+        if not path.is_file():
+            raise UserError(f"{source}: {what} file not found")
+        raw = path.read_bytes()[:MAX_YAML_BYTES + 1]
+    except OSError as exc:
+        raise UserError(f"{source[:120]}{'…' if len(source) > 120 else ''}: cannot read the {what} file "
+                        f"({exc.strerror or exc})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UserError(f"{source}: over {MAX_YAML_BYTES >> 20} MB; a {what} file is a page of YAML")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{source}: not a text file (byte {exc.start} is not UTF-8); a {what} is YAML") from None
     try:
         tree = yaml.compose(text, Loader=_Loader)
+        if tree is not None:
+            _bounded(tree, source)
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{source}{where}: malformed YAML: {problem}") from None
+    return tree, data
+
+
+def _bounded(tree, source: str) -> None:
+    """Count the nodes the document expands to (an alias counts its whole subtree again), stopping at the
+    bound; aliases make the tree a graph whose shared parts are counted once each by memo."""
+    sizes: dict[int, int] = {}
+
+    def size(node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:
+                raise UserError(f"{source}: an alias refers to a node that contains it (recursive YAML)")
+            return sizes[key]
+        if depth > 200:
+            raise UserError(f"{source}: nested over 200 levels deep; a recipe is a few levels deep")
+        sizes[key] = -1
+        children = node.value if isinstance(node.value, list) else []
+        total = 1
+        for child in children:
+            for part in (child if isinstance(child, tuple) else (child,)):
+                total += size(part, depth + 1)
+                if total > MAX_YAML_NODES:
+                    raise UserError(f"{source}: its aliases expand to over {MAX_YAML_NODES:,} values; a recipe "
+                                    "this large is a mistake (or an alias bomb)")
+        sizes[key] = total
+        return total
+
+    size(tree, 0)
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, override and validate a recipe; any problem is a one-line ``UserError``."""
+    path = Path(path)
+    source = str(path)
+    tree, data = read_yaml(path, "recipe")
     if data is None:
         raise UserError(f"{source}: the recipe is empty; see recipes/quickstart.yaml for the format")
     if not isinstance(data, dict):

@@ -3,6 +3,7 @@ pick a part by name (optimizer, objective, aggregator) are the parts' own settin
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -43,6 +44,9 @@ class DatasetConfig(Section):
             return self
         envs = DATASETS.entry(self.name).envs
         n = len(envs)
+        if len(set(self.test_envs)) != len(self.test_envs):  # [5, 5] is [5]: one spelling, one identity
+            raise ValueError(f"test env {next(e for e in self.test_envs if self.test_envs.count(e) > 1)} is "
+                             "listed twice; list each test env once")
         for env in self.test_envs:
             if not 0 <= env < n:
                 raise ValueError(f"test env {env} is out of range: {self.name} has envs 0..{n - 1}")
@@ -82,7 +86,7 @@ class TrainingConfig(Section):
     steps: int = Field(5001, gt=0)
     batch_size: int = Field(32, gt=0)
     checkpoint_freq: int = Field(300, gt=0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed takes a signed 64-bit integer
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # tf32: fp32 storage, TF32 matmuls and convolutions on CUDA (no effect on a CPU); bf16: forward and backward
     # passes under bfloat16 autocast, parameters and optimizer state in fp32
@@ -98,6 +102,12 @@ class TrainingConfig(Section):
     lr_step_epochs: int = Field(100, gt=0)
     lr_gamma: float = Field(0.5, gt=0)
     report_epochs: int = Field(10, gt=0)  # MTL results are the mean over the last N epochs (the references': 10)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        """``~/runs`` means the home folder's, as in a shell (not a folder named ``~``)."""
+        return os.path.expanduser(value)
 
 
 # what acts only on one kind of dataset (left out of the other kind's identity); where it runs never acts

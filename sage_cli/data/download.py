@@ -7,12 +7,13 @@ system). An interrupted download therefore never leaves a folder that ``sage dat
 running the command again resumes the archives and skips every dataset that is complete.
 
 ``SAGE_DOWNLOAD_MIRROR=URL`` fetches each archive from ``URL/<archive name>`` instead of its source and
-verifies it against ``URL/SHA256SUMS`` where the mirror has one (``sha256sum`` format).
+verifies it against ``URL/SHA256SUMS`` where the mirror has one (GNU ``sha256sum`` or BSD ``SHA256 (f) = h``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tarfile
 import time
@@ -41,14 +42,30 @@ class Plan:
     sizes: dict[str, int | None] = field(default_factory=dict)
 
 
-def mirror_checksums(base: str) -> dict[str, str]:
-    text = read_text(f"{base}/SHA256SUMS") or ""
+# the two formats mirrors publish: GNU ``sha256sum`` ("HEX  NAME", "HEX *NAME" for binary mode) and BSD/``shasum
+# --tag`` ("SHA256 (NAME) = HEX")
+GNU_SUM = re.compile(r"(?P<hex>[0-9a-fA-F]{64}) [ *](?P<name>.+)")
+BSD_SUM = re.compile(r"SHA256 \((?P<name>.+)\) ?= ?(?P<hex>[0-9a-fA-F]{64})")
+
+
+def parse_checksums(text: str, where: str) -> dict[str, str]:
+    """archive name -> SHA-256 from a ``SHA256SUMS`` file in either format. A line that is neither is an error:
+    skipping it would leave its archive checked by size alone, without a word."""
     sums = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            sums[parts[1].lstrip("*")] = parts[0]
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = GNU_SUM.fullmatch(line) or BSD_SUM.fullmatch(line)
+        if found is None:
+            raise UserError(f"{where} line {n} is not a SHA-256 checksum line (neither `HEX  NAME` nor "
+                            f"`SHA256 (NAME) = HEX`): {line[:80]!r}")
+        sums[found["name"].strip()] = found["hex"].lower()
     return sums
+
+
+def mirror_checksums(base: str) -> dict[str, str]:
+    return parse_checksums(read_text(f"{base}/SHA256SUMS") or "", f"{base}/SHA256SUMS")
 
 
 def writable_root(root: Path) -> Path:
@@ -97,8 +114,23 @@ def check_space(root: Path, plans: list[Plan]) -> None:
                         f"(archives and their contents), {free / 1e9:.1f} GB free")
 
 
+def declared_size(archive: Path) -> int:
+    """The bytes an archive's members declare they expand to (a zip's central directory, a tar's headers)."""
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as z:
+            return sum(i.file_size for i in z.infolist())
+    with tarfile.open(archive) as t:
+        return sum(m.size for m in t.getmembers() if m.isfile())
+
+
 def extract(archive: Path, into: Path) -> None:
+    """Extract ``archive`` into ``into`` once its declared size fits the free space; a failed extraction (a
+    full disk all the same, a broken archive) is removed, never left filling the disk."""
     try:
+        needed, free = declared_size(archive), shutil.disk_usage(into).free
+        if needed > free:
+            raise UserError(f"{archive.name} expands to {needed / 1e9:.2f} GB and {into} has {free / 1e9:.2f} GB "
+                            "free; free some space and run the command again (the archive is kept)")
         if archive.name.endswith(".zip"):
             with zipfile.ZipFile(archive) as z:
                 z.extractall(into)  # zipfile drops absolute and ../ parts of member names
@@ -106,9 +138,14 @@ def extract(archive: Path, into: Path) -> None:
             with tarfile.open(archive) as t:
                 t.extractall(into, filter="data")  # no links out of the folder, no device files
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        shutil.rmtree(into, ignore_errors=True)
         archive.unlink()
         raise UserError(f"{archive.name} is not a readable archive ({type(exc).__name__}); it was removed, "
                         "run the command again to fetch it anew") from None
+    except OSError as exc:  # the disk filled all the same (another writer, a lying header)
+        shutil.rmtree(into, ignore_errors=True)
+        raise UserError(f"extracting {archive.name} into {into} failed ({exc.strerror or exc}); the partial "
+                        "extraction was removed, the archive is kept: run the command again") from None
 
 
 def _record(root: Path, name: str, entry: dict) -> None:

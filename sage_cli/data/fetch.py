@@ -16,6 +16,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 from ..errors import UserError
 
-TIMEOUT_S = 30  # per socket operation: a stalled server is an error, not a hang
+TIMEOUT_S = 30  # per socket operation: a stalled server is an error, not a hang (SAGE_DOWNLOAD_TIMEOUT to change)
 CHUNK = 1 << 20
 USER_AGENT = "sage-datasets/1"
 
@@ -54,10 +55,31 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def timeout_s() -> float:
+    """Seconds one socket operation of a download may wait (a connection, a read)."""
+    try:
+        return float(os.environ.get("SAGE_DOWNLOAD_TIMEOUT", TIMEOUT_S))
+    except ValueError:
+        raise UserError(f"SAGE_DOWNLOAD_TIMEOUT={os.environ['SAGE_DOWNLOAD_TIMEOUT']!r} is not a number of "
+                        "seconds") from None
+
+
+@contextmanager
+def socket_timeout():
+    """Every socket opened inside waits at most ``timeout_s()`` per operation: for libraries that download with
+    urllib and no timeout of their own (torch.hub, open_clip), so a stalled server is an error, not a hang."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s())
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _request(url: str, method: str = "GET", headers: dict | None = None):
     return urllib.request.urlopen(urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT,
                                                                                        **(headers or {})}),
-                                  timeout=TIMEOUT_S)
+                                  timeout=timeout_s())
 
 
 def _unreachable(url: str, what: str, exc: Exception) -> FetchError:

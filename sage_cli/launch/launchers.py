@@ -19,6 +19,9 @@ class Launcher(Protocol):
     name: str
     blocking: bool  # True: ``submit`` returns when every job has ended (local); False: at once (SLURM)
 
+    def check(self) -> None:
+        """Raise ``UserError`` (one line) when this launcher cannot submit from here; before anything is recorded."""
+
     def submit(self, state: SweepState, jobs: list[JobRecord], plan, console: Console) -> dict[str, str]:
         """Start ``jobs``; returns each job hash's state when ``blocking`` (else {})."""
 

@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..interrupts import InterruptGuard
+from ..processes import alive, start_time
 from .state import JobRecord, SweepState
 
 STYLE = {"queued": "dim", "running": "yellow", "finished": "green", "failed": "red", "cancelled": "magenta"}
@@ -65,23 +66,23 @@ def _start(state: SweepState, job: JobRecord, threads: int, gpu: str | None = No
         proc = subprocess.Popen([sys.executable, "-m", "sage_cli", "run", job.recipe_path], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
     job.scheduler_id = f"local:{proc.pid}"
+    job.started = start_time(proc.pid)  # with the PID, the process's identity: a reused PID is not the job
     return proc
 
 
 class _Process:
-    """A job's process known by its id alone (`sage cancel` runs in another process than the launcher)."""
+    """A job's process known by its recorded PID and start time (`sage cancel` runs in another process than
+    the launcher). Once the job has ended, a later process given the same PID is never signalled."""
 
-    def __init__(self, pid: int):
-        self.pid = pid
+    def __init__(self, pid: int, started: str = ""):
+        self.pid, self.started = pid, started
 
     def poll(self):
-        try:
-            os.kill(self.pid, 0)
-        except OSError:
-            return 0
-        return None
+        return None if alive(self.pid, self.started) else 0
 
     def send_signal(self, sig) -> None:
+        if not alive(self.pid, self.started):
+            return
         try:
             os.kill(self.pid, sig)
         except OSError:
@@ -112,6 +113,9 @@ class LocalLauncher:
     name = "local"
     blocking = True
 
+    def check(self) -> None:
+        """Nothing to ask: this machine runs the jobs."""
+
     def submit(self, state: SweepState, jobs: list[JobRecord], plan, console: Console) -> dict[str, str]:
         return run_local(state, jobs, plan.max_parallel, console)
 
@@ -120,11 +124,11 @@ class LocalLauncher:
         for job in jobs:
             pid = _pid(job)
             if pid is not None:
-                out[job.scheduler_id] = "running" if _Process(pid).poll() is None else "gone"
+                out[job.scheduler_id] = "running" if _Process(pid, job.started).poll() is None else "gone"
         return out
 
     def cancel(self, jobs: list[JobRecord]) -> None:
-        _stop([_Process(pid) for pid in map(_pid, jobs) if pid is not None])
+        _stop([_Process(_pid(job), job.started) for job in jobs if _pid(job) is not None])
 
 
 def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, console: Console) -> dict[str, str]:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from ..catalog import DATASETS
@@ -20,10 +19,10 @@ from ..recipe import (
     SlurmConfig,
     _chosen_class,
     _keys,
-    _Loader,
     apply_overrides,
     flatten_dict,
     load_recipe,
+    read_yaml,
     validation_message,
 )
 from ..registry import did_you_mean
@@ -146,12 +145,7 @@ def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[st
     """An experiment file: ``recipes`` × ``methods`` (label → overrides) × ``grid`` (key → values)
     [× ``components``] × seeds × test envs. Recipe paths are relative to the file or the working dir."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: experiment file not found")
-    try:
-        spec = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    _tree, spec = read_yaml(path, "experiment")
     if not isinstance(spec, dict) or not spec.get("recipes"):
         raise UserError(f"{path}: an experiment file needs a mapping with a 'recipes' list")
     for key in spec:
@@ -159,7 +153,15 @@ def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[st
             raise UserError(f"{path}: {key}: unknown key{did_you_mean(key, EXPERIMENT_KEYS)}")
     methods = spec.get("methods") or {"": {}}
     common = spec.get("overrides") or {}
-    grid = {k: list(v) for k, v in (spec.get("grid") or {}).items()}
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise UserError(f"{path}: grid: a mapping of keys to lists of values, e.g. optimizer.rho: [1e-6, 1e-5]")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: grid.{key}: give a non-empty list of values (an empty one plans no job)")
+    for key in ("seeds", "test_envs"):
+        if isinstance(spec.get(key), list) and not spec[key]:
+            raise UserError(f"{path}: {key}: an empty list plans no job; leave it out for the recipe's own")
     jobs: list[Job] = []
     for entry in spec["recipes"]:
         candidates = [path.parent / entry, Path(entry), path.parent.parent / entry]

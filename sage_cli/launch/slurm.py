@@ -6,6 +6,7 @@ needs accounting), with a timeout so a query never hangs."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -182,6 +183,17 @@ WORDS = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "CO
 class SlurmLauncher:
     name = "slurm"
     blocking = False
+
+    def check(self) -> None:
+        """SLURM must answer here (``sbatch`` on PATH, ``sinfo`` within seconds) before anything is recorded."""
+        from ..errors import UserError
+
+        if shutil.which("sbatch") is None:
+            raise UserError("--launcher slurm: there is no SLURM here (no `sbatch` on PATH); use --launcher local, "
+                            "or run the sweep on a cluster's login node")
+        if _query(["sinfo", "-h", "-o", "%P"]) is None:
+            raise UserError(f"--launcher slurm: SLURM does not answer here (`sinfo` failed or took over "
+                            f"{QUERY_TIMEOUT_S} s); is slurmctld up?")
 
     def submit(self, state: SweepState, jobs: list[JobRecord], plan, console: Console) -> dict[str, str]:
         submit(state, jobs, plan.slurm, console)

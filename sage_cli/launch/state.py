@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class JobRecord:
     log_path: str = ""
     status: str = ""  # the launcher's own word: finished / failed / cancelled / skipped
     cancelled: bool = False
+    started: str = ""  # a local job's process start time: with its PID, who may be signalled
 
 
 @dataclass
@@ -34,6 +36,7 @@ class SweepState:
     parent_run_id: str = ""
     launcher: str = ""
     jobs: dict[str, JobRecord] = field(default_factory=dict)
+    launched_by: str = ""  # host:pid:start of a blocking (local) launcher: once it is gone, nothing more starts
 
     @property
     def dir(self) -> Path:
@@ -54,6 +57,7 @@ class SweepState:
     def load(cls, sweep: str) -> SweepState:
         from ..errors import UserError
 
+        check_name(sweep, "sweep id")
         path = sweeps_dir() / sweep / "sweep.json"
         if not path.is_file():
             matches = sorted(p.parent.name for p in sweeps_dir().glob(f"{sweep}*/sweep.json"))
@@ -61,13 +65,37 @@ class SweepState:
                 known = ", ".join(p.parent.name for p in sorted(sweeps_dir().glob("*/sweep.json"))) or "none"
                 raise UserError(f"no sweep '{sweep}' under {sweeps_dir()} (known: {known})")
             path = sweeps_dir() / matches[0] / "sweep.json"
-        data = json.loads(path.read_text())
-        jobs = {h: JobRecord(**j) for h, j in data.pop("jobs").items()}
-        return cls(**data, jobs=jobs)
+        try:
+            data = json.loads(path.read_text())
+            jobs = {h: JobRecord(**j) for h, j in data.pop("jobs").items()}
+            return cls(**data, jobs=jobs)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # cut, edited or not ours
+            raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); move the sweep folder "
+                            "away, or run its experiment again to rewrite it") from None
 
 
-def all_sweeps() -> list[SweepState]:
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(value: str, what: str) -> str:
+    """Ids (sweeps, jobs, runs) are names, never paths: ``../x`` must not read outside the sweeps folder."""
+    from ..errors import UserError
+
+    if not NAME.fullmatch(value or ""):
+        raise UserError(f"'{value}' is not a {what}: ids are names of letters, digits, '.', '_' and '-' "
+                        "(`sage status` lists the sweeps)")
+    return value
+
+
+def all_sweeps(skipped: list[str] | None = None) -> list[SweepState]:
+    """Every readable sweep, newest first; a damaged one is named in ``skipped`` instead."""
+    from ..errors import UserError
+
     states = []
     for path in sorted(sweeps_dir().glob("*/sweep.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        states.append(SweepState.load(path.parent.name))
+        try:
+            states.append(SweepState.load(path.parent.name))
+        except UserError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
     return states

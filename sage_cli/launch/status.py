@@ -46,7 +46,42 @@ def job_statuses(state: SweepState) -> list[dict]:
         for row in rows:
             if row["run_id"] in {run_id for run_id, _ in dead}:
                 row["mlflow"] = "FAILED"
+    settle_parent(state, rows)
     return rows
+
+
+def settle_parent(state: SweepState, rows: list[dict]) -> None:
+    """End the sweep's parent MLflow run once nothing of the sweep runs or waits any more: SLURM sweeps (whose
+    launcher returns at once) and local sweeps whose launcher was killed outright (SIGKILL, a lost terminal)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from ..processes import recorded_alive
+
+    if not state.parent_run_id:
+        return
+    if (state.launcher or "local") == "local":
+        busy = recorded_alive(state.launched_by) is not False or any(r["scheduler_state"] == "running" for r in rows)
+    else:
+        busy = any(r["status"] in ("queued", "running", "requeued") for r in rows)
+    if busy:
+        return
+    client = MlflowClient(tracking_uri=state.tracking_uri)
+    try:
+        if client.get_run(state.parent_run_id).info.status != "RUNNING":
+            return
+    except MlflowException:
+        return
+    words = [r["status"] for r in rows]
+    if all(w == "finished" for w in words):
+        client.set_terminated(state.parent_run_id, "FINISHED")
+        return
+    counts = ", ".join(f"{words.count(w)} {w}" for w in sorted(set(words)) if w != "finished")
+    gone = "its launcher is gone and " if (state.launcher or "local") == "local" else ""
+    client.set_tag(state.parent_run_id, "sage.failure", f"{gone}no job runs any more ({counts}); run the sweep "
+                                                        "again to finish it")
+    client.set_terminated(state.parent_run_id, "KILLED" if "cancelled" in words and "failed" not in words
+                          else "FAILED")
 
 
 def mark_dead(uri: str, dead: list[tuple[str, str]]) -> None:

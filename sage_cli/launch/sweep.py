@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
+from ..processes import this_process
 from ..recipe import SlurmConfig
 from ..track.mlflow_run import absolute_uri, finished_hashes, resolve_tracking_uri
 from .launchers import LAUNCHERS
@@ -36,6 +37,8 @@ class SweepPlan:
 def make_plan(sweep_id: str, name: str, jobs: list[Job], tracking_uri: str | None, experiment: str,
               slurm: SlurmConfig | None, force: bool) -> SweepPlan:
     unique = list({j.hash: j for j in jobs}.values())  # the same resolved recipe twice is one job
+    if not unique:
+        raise UserError(f"{name}: the plan has no job (an empty list of values, seeds or test envs?)")
     uri = absolute_uri(resolve_tracking_uri(tracking_uri or unique[0].recipe.tracking.uri))
     done = set() if force else finished_hashes(uri) & {j.hash for j in unique}
     return SweepPlan(sweep_id, name, unique, uri, experiment, slurm or unique[0].recipe.slurm, done)
@@ -62,11 +65,15 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
 
     from ..track.mlflow_run import prepare_store
 
+    to_run = {j.hash for j in plan.to_run}
     try:  # a sweep run again keeps its folder, parent run and scheduler ids
         state = SweepState.load(plan.id)
+        if not to_run:  # nothing to start: a finished sweep keeps its launcher and its parent run's end
+            return state
     except UserError:
         state = SweepState(plan.id, plan.name, plan.tracking_uri, plan.experiment)
     state.launcher, state.tracking_uri = launcher, plan.tracking_uri
+    state.launched_by = this_process() if LAUNCHERS.get(launcher).blocking else ""
     experiment_id = prepare_store(plan.tracking_uri, plan.experiment)
     client = MlflowClient(tracking_uri=plan.tracking_uri)
     if not state.parent_run_id:
@@ -74,7 +81,7 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
                                    tags={"sage.sweep_id": plan.id, "sage.sweep_parent": "true"})
         state.parent_run_id = parent.info.run_id
         client.log_param(state.parent_run_id, "jobs", len(plan.jobs))
-    else:
+    elif to_run:
         client.update_run(state.parent_run_id, status="RUNNING")
     jobs_dir = state.dir / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -85,23 +92,42 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
         path = jobs_dir / f"{job.hash}.json"  # JSON is YAML too, and writes a thousand times faster
         path.write_text(json.dumps(recipe.model_dump(mode="json"), indent=1))
         previous = state.jobs.get(job.hash)
-        state.jobs[job.hash] = JobRecord(job.hash, job.label, str(path), launcher,
+        state.jobs[job.hash] = JobRecord(job.hash, job.label, str(path),
+                                         launcher if job.hash in to_run or previous is None else previous.launcher,
                                          previous.scheduler_id if previous else "",
                                          previous.log_path if previous else "",
-                                         "finished" if job.hash in plan.finished else "")
+                                         "finished" if job.hash in plan.finished else "",
+                                         started=previous.started if previous else "")
     state.save()
     return state
 
 
 def launch(plan: SweepPlan, launcher: str, max_parallel: int, console: Console) -> SweepState:
+    """Record and start the sweep. Its parent MLflow run ends with it: FINISHED or FAILED when a blocking
+    launcher returns, KILLED on Ctrl-C or SIGTERM; a non-blocking one's (SLURM), and one whose launcher was
+    killed outright, are ended by ``sage status`` once no job is left (``status.settle_parent``)."""
+    from mlflow.tracking import MlflowClient
+
+    chosen = LAUNCHERS.get(launcher)()
+    chosen.check()  # no scheduler here: one line, and no sweep recorded
     state = record(plan, launcher)
     jobs = [state.jobs[j.hash] for j in plan.to_run]
+    client = MlflowClient(tracking_uri=state.tracking_uri)
+    if not jobs:
+        console.print("nothing to run: every job already has a FINISHED run")
+        if client.get_run(state.parent_run_id).info.status == "RUNNING":
+            client.set_terminated(state.parent_run_id, "FINISHED")
+        return state
     plan.max_parallel = max_parallel
-    chosen = LAUNCHERS.get(launcher)()
-    status = chosen.submit(state, jobs, plan, console)
+    try:
+        status = chosen.submit(state, jobs, plan, console)
+    except KeyboardInterrupt:
+        client.set_terminated(state.parent_run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(state.parent_run_id, "FAILED")
+        raise
     if chosen.blocking:  # every job has ended: so has the sweep's parent run
-        from mlflow.tracking import MlflowClient
-
         ok = all(s == "finished" for s in status.values())
-        MlflowClient(tracking_uri=state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
+        client.set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
     return state

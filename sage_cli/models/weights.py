@@ -104,8 +104,14 @@ def clip_weights(arch: str, tag: str, download: bool) -> Weights:
         if file.is_file():
             return Weights(tag, file, False, "cache", quick_gelu)
         _require_online(download, url, f"CLIP weights '{tag}' for {arch}", file.parent, f"download {url} into {file.parent}")
-        return Weights(tag, Path(open_clip.pretrained.download_pretrained_from_url(url, str(file.parent))), True,
-                       "download", quick_gelu)
+        from ..data.fetch import socket_timeout
+
+        try:
+            with socket_timeout():  # open_clip's urllib download has no timeout of its own
+                got = open_clip.pretrained.download_pretrained_from_url(url, str(file.parent))
+        except OSError as exc:
+            raise UserError(f"cannot download CLIP weights '{tag}' for {arch} from {url} ({exc})") from None
+        return Weights(tag, Path(got), True, "download", quick_gelu)
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     repo, files = _clip_files(cfg)
@@ -152,7 +158,7 @@ def resnet_weights(tag: str, download: bool) -> Weights:
     file = torch_cache() / os.path.basename(url)
     if file.is_file():
         return Weights(tag, file, False, "cache")
-    from ..data.fetch import mirror
+    from ..data.fetch import mirror, socket_timeout
 
     base = mirror()
     source = f"{base}/{file.name}" if base else url
@@ -162,7 +168,8 @@ def resnet_weights(tag: str, download: bool) -> Weights:
     file.parent.mkdir(parents=True, exist_ok=True)
     prefix = torch.hub.HASH_REGEX.search(file.name)
     try:  # torchvision's file names carry the first hex digits of their SHA-256; torch.hub checks them
-        torch.hub.download_url_to_file(source, str(file), hash_prefix=prefix.group(1) if prefix else None)
+        with socket_timeout():  # torch.hub's urlopen has no timeout: a stalled mirror would hang the run
+            torch.hub.download_url_to_file(source, str(file), hash_prefix=prefix.group(1) if prefix else None)
     except RuntimeError as exc:  # the hash check
         raise UserError(f"ResNet-50 weights '{tag}' from {source} failed torchvision's checksum ({exc}); "
                         "nothing was kept") from None

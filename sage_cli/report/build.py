@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..registry import Registry
 from . import ablation, figures, paper
-from .dg import dg_tables, known_envs
+from .dg import dg_tables, known_envs, left_out
 from .formats import FORMATS, Report, render, table_csv, to_text
 from .mtl import COLUMNS, mtl_tables
 from .runs import DIAG_CURVES, Run
@@ -113,6 +113,9 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
             report.notes.append(line)
             data["not_finished"] += records
     dg = [r for r in runs if r.kind == "dg"]
+    skipped = left_out(dg)
+    if skipped:
+        report.notes.append(skipped)
     for selection in selections if dg else []:
         tables, rows = dg_tables(dg, selection)
         data["dg"] += rows

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .runs import Run
 from .selection import SELECTIONS, grouped, mean_sem, n_envs, sweep_acc
 from .tables import Cell, Table
@@ -40,17 +42,39 @@ def hparams_seeds(runs: list[Run]) -> dict[str, int]:
     return out
 
 
+def complete(row: dict, test_envs) -> bool:
+    """Whether a checkpoint has every accuracy model selection reads, each a finite number: every env's
+    ``out`` accuracy and the held-out envs' ``in`` accuracy. A NaN, an infinity or a missing held-out value
+    leaves the checkpoint out (``left_out`` counts them) rather than breaking or skewing a table."""
+    n = n_envs(row)
+    keys = [f"env{i}_out_acc" for i in range(n)] + [f"env{t}_in_acc" for t in test_envs]
+    return (n > 0 and bool(test_envs) and all(0 <= t < n for t in test_envs)
+            and all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in keys))
+
+
+def _finished_dg(runs: list[Run]):
+    return [r for r in runs if r.status == "FINISHED" and r.kind == "dg"]
+
+
 def records(runs: list[Run]) -> list[dict]:
-    """DomainBed's records of the finished DG runs: one per checkpoint."""
+    """DomainBed's records of the finished DG runs: one per complete checkpoint."""
     seeds = hparams_seeds(runs)
     out = []
-    for run in runs:
-        if run.status != "FINISHED" or run.kind != "dg":
-            continue
+    for run in _finished_dg(runs):
         args = {"dataset": run.dataset, "algorithm": run.label, "test_envs": list(run.test_envs),
                 "trial_seed": run.trial_seed, "hparams_seed": seeds[run.run_id]}
-        out += [{"args": args, **row} for row in run.rows if "env0_out_acc" in row]
+        out += [{"args": args, **row} for row in run.rows if "env0_out_acc" in row and complete(row, run.test_envs)]
     return out
+
+
+def left_out(runs: list[Run]) -> str:
+    """One line counting the checkpoints ``records`` leaves out, or ''."""
+    bad = {r.run_id: sum(1 for row in r.rows if not complete(row, r.test_envs)) for r in _finished_dg(runs)}
+    bad = {k: v for k, v in bad.items() if v}
+    if not bad:
+        return ""
+    return (f"{sum(bad.values())} checkpoint(s) of {len(bad)} finished run(s) left out of model selection: an "
+            f"accuracy is missing or not a finite number (NaN, inf); run {next(iter(bad))[:8]} is one")
 
 
 def labels_in_order(runs: list[Run]) -> list[str]:

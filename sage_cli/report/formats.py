@@ -8,6 +8,7 @@ import csv
 import html
 import io
 import json
+import math
 from dataclasses import dataclass, field
 
 from .figures import Figure
@@ -50,13 +51,18 @@ def to_text(report: Report, console, with_paper: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------------- markdown
+def _md(text: str) -> str:
+    """A table cell: a ``|`` would end the cell, a newline the row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def to_markdown(report: Report, with_paper: bool = False) -> str:
     out = [f"# {report.title}", ""]
     for table in report.tables:
-        out += [f"## {table.title}", "", "| method | " + " | ".join(table.columns) + " |",
+        out += [f"## {table.title}", "", "| method | " + " | ".join(_md(c) for c in table.columns) + " |",
                 "|---|" + "---:|" * len(table.columns)]
         for label, cells, paper in _rows(table, with_paper):
-            name = f"*{label}*" if paper else label
+            name = f"*{_md(label)}*" if paper else _md(label)
             out.append(f"| {name} | " + " | ".join(c.text(table.digits(j)) for j, c in enumerate(cells)) + " |")
         out += [""] + [f"*{n}*" for n in table.notes] + [""]
     out += [f"- {n}" for n in report.notes]
@@ -64,12 +70,29 @@ def to_markdown(report: Report, with_paper: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- LaTeX
+TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
+       "}": r"\}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "<": r"\textless{}", ">": r"\textgreater{}",
+       "|": r"\textbar{}", "±": r"$\pm$", "Δ": r"$\Delta$", "ρ": r"$\rho$", "γ": r"$\gamma$", "σ": r"$\sigma$",
+       "°": r"$^\circ$", "−": "-", "–": "--", "—": "---", "·": r"$\cdot$", "√": r"$\surd$", "×": r"$\times$",
+       "…": r"\ldots{}", "≤": r"$\leq$", "≥": r"$\geq$", "→": r"$\rightarrow$", "’": "'", "“": "``", "”": "''"}
+
+
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("ρ", r"$\rho$"), ("γ", r"$\gamma$"), ("°", r"$^\circ$"),
-                 ("−", "-"), ("·", r"$\cdot$")):
-        text = text.replace(a, b)
-    return text
+    """Text for pdflatex with its default fonts: every special character escaped in one pass (so no escape is
+    escaped again), the symbols sage prints in math mode, any other non-ASCII character spelt in ASCII where
+    it has a plain form (é → e) and '?' where it has none, so the file always compiles."""
+    import unicodedata
+
+    out = []
+    for ch in text:
+        if ch in TEX:
+            out.append(TEX[ch])
+        elif ord(ch) < 128:
+            out.append(ch)
+        else:
+            plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+            out.append(_tex(plain) if plain else "?")
+    return "".join(out)
 
 
 def to_latex(report: Report, with_paper: bool = False) -> str:
@@ -104,12 +127,19 @@ def to_latex(report: Report, with_paper: bool = False) -> str:
 def table_csv(table: Table, with_paper: bool = False) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method", *[x for c in table.columns for x in (c, f"{c} sem", f"{c} n")],
+    writer.writerow(["method", *[_csv_text(x) for c in table.columns for x in (c, f"{c} sem", f"{c} n")],
                      *(["marks"] if table.kind == "mtl" else [])])
     for label, cells, _ in _rows(table, with_paper):
         values = [x for c in cells for x in (_num(c.mean), _num(c.sem), c.n)]
-        writer.writerow([label, *values, *(["".join(c.mark or "." for c in cells)] if table.kind == "mtl" else [])])
+        writer.writerow([_csv_text(label), *values,
+                         *(["".join(c.mark or "." for c in cells)] if table.kind == "mtl" else [])])
     return buf.getvalue()
+
+
+def _csv_text(text: str) -> str:
+    """A text cell a spreadsheet will not run: one starting as a formula (= + - @, tab, CR) gets a leading '
+    (OWASP's advice on CSV injection); numbers are written by ``_num`` and never pass here."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _num(value):
@@ -121,8 +151,19 @@ def to_csv(report: Report, with_paper: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- JSON
+def _finite(value):
+    """JSON has no NaN or infinity (RFC 8259): such a value is written as null, as a missing one is."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def to_json(report: Report) -> str:
-    return json.dumps(report.data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    return json.dumps(_finite(report.data), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- HTML

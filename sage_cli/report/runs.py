@@ -7,6 +7,7 @@ other tracking URI through MLflow's client, one metric history request per run a
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def _rows(points: dict[int, dict[str, float]]) -> list[dict]:
 def from_store(uri: str, sweeps: list[str] | None = None, experiments: list[str] | None = None) -> list[Run]:
     """The runs of the named sweeps (prefixes of their ids), or of the named MLflow experiments; with neither,
     every sweep's runs in the store."""
-    from ..track.store import sqlite_path
+    from ..track.store import check_store, fail_fast_requests, sqlite_path
 
+    check_store(uri, read_only=True)  # a server that is down: one line within seconds, not minutes of retries
+    fail_fast_requests()
     path = sqlite_path(uri)
     runs = _from_sqlite(path, experiments) if path is not None else _from_client(uri, experiments)
     if sweeps:
@@ -210,21 +213,56 @@ def from_domainbed(directory: str | Path) -> list[Run]:
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"--from-domainbed {directory}: not a folder")
-    runs = []
+    runs, bad = [], Counter()
     for sub in sorted(p for p in directory.iterdir() if (p / "results.jsonl").is_file()):
-        rows = [json.loads(line) for line in (sub / "results.jsonl").read_text().splitlines() if line.strip()]
+        rows = []
+        for line in (sub / "results.jsonl").read_text(errors="replace").splitlines():
+            row = _domainbed_row(line) if line.strip() else "blank"
+            if isinstance(row, dict):
+                rows.append(row)
+            elif row != "blank":
+                bad[row] += 1
         if not rows:
             continue
-        args = rows[0]["args"]
-        status = "FINISHED" if (sub / "done").exists() else "RUNNING"
-        dataset = FROM_DOMAINBED.get(args["dataset"], args["dataset"])
-        run = Run(sub.name, status, dataset, "dg", str(args["algorithm"]),
-                  f"{int(args.get('hparams_seed', 0)):08d}", int(args.get("trial_seed", 0)),
-                  tuple(int(e) for e in args["test_envs"]),
-                  params={f"hparams.{k}": str(v) for k, v in (rows[0].get("hparams") or {}).items()})
-        run.rows = sorted(({k: v for k, v in r.items() if k == "step" or _wanted(k)} for r in rows),
-                          key=lambda r: r["step"])
+        try:
+            run = _domainbed_run(sub, rows)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            bad["runs without usable args"] += 1
+            continue
         runs.append(run)
+    if bad:
+        from ..errors import notice
+
+        notice(f"--from-domainbed {directory}: skipped " + ", ".join(f"{n} {what}" for what, n in bad.items()))
     if not runs:
-        raise UserError(f"--from-domainbed {directory}: no sub-folder holds a results.jsonl")
+        raise UserError(f"--from-domainbed {directory}: no sub-folder holds a readable results.jsonl")
     return runs
+
+
+def _domainbed_row(line: str) -> dict | str:
+    """One results.jsonl row with a whole-number step and numeric accuracies, or what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return "cut or unreadable lines"
+    if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), (int, float)):
+        return "rows without a numeric step"
+    accs = {k: v for k, v in row.items() if k.startswith("env") and k.endswith("_acc")}
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in accs.values()):
+        return "rows with a non-numeric accuracy"
+    numeric = {k: v for k, v in row.items() if not _wanted(k) or isinstance(v, (int, float))}  # loss: null
+    return {**numeric, "step": int(row["step"])}
+
+
+def _domainbed_run(sub: Path, rows: list[dict]) -> Run:
+    """A run from its rows; the first row's ``args`` (and ``hparams``) say what it was."""
+    args = rows[0]["args"]
+    status = "FINISHED" if (sub / "done").exists() else "RUNNING"
+    dataset = FROM_DOMAINBED.get(args["dataset"], args["dataset"])
+    hparams = rows[0].get("hparams") or {}
+    run = Run(sub.name, status, str(dataset), "dg", str(args["algorithm"]),
+              f"{int(args.get('hparams_seed', 0)):08d}", int(args.get("trial_seed", 0)),
+              tuple(int(e) for e in args["test_envs"]), params={f"hparams.{k}": str(v) for k, v in hparams.items()})
+    run.rows = sorted(({k: v for k, v in r.items() if k == "step" or _wanted(k)} for r in rows),
+                      key=lambda r: r["step"])
+    return run

@@ -7,9 +7,16 @@ import logging
 import os
 from pathlib import Path
 
-from .store import check_store, server_unreachable, sqlite_path, store_lock
+from .store import check_store, fail_fast_requests, server_unreachable, sqlite_path, store_lock
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def quiet_migrations() -> None:
+    """MLflow logs its schema migrations on a fresh store at INFO, on stderr: a one-line error after them would
+    not be one line, and a user has nothing to do about them."""
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def resolve_tracking_uri(recipe_uri: str | None) -> str:
@@ -18,8 +25,21 @@ def resolve_tracking_uri(recipe_uri: str | None) -> str:
 
 
 def experiment_id_for(client, experiment: str) -> str:
+    """The experiment's id, created if missing. Two first runs against one server can both find it missing:
+    the one whose creation is refused (RESOURCE_ALREADY_EXISTS) reads the other's (a sqlite store also has
+    ``store_lock``; a server has no lock to share)."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(experiment)
-    return exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(experiment)
+    except MlflowException as exc:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None or exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return exp.experiment_id
 
 
 def run_status(client, run_id: str | None) -> str | None:
@@ -43,8 +63,7 @@ class MlflowRun:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
                  resume_run_id: str | None = None, spool: Path | None = None):
         """A new run, or with ``resume_run_id`` that run reopened (RUNNING again) if this store has it."""
-        for name in ("alembic", "mlflow.store.db.utils"):  # schema migrations on a fresh store
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_migrations()
         from mlflow.tracking import MlflowClient
 
         from .spool import Spool
@@ -128,8 +147,7 @@ def absolute_uri(uri: str) -> str:
 def prepare_store(uri: str, experiment: str) -> str:
     """Create the store (schema migration) and the experiment once, before jobs fan out: many processes
     creating a fresh sqlite store at once fail in its alembic schema migration (MLflow 3.x)."""
-    for name in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_migrations()
     from mlflow.tracking import MlflowClient
 
     check_store(uri)
@@ -176,6 +194,8 @@ def sweep_runs(uri: str, sweep_id: str) -> list:
     """Every child run of a sweep (any status)."""
     from mlflow.tracking import MlflowClient
 
+    check_store(uri, read_only=True)  # `sage status` of a sweep whose server is down: one line, not a hang
+    fail_fast_requests()
     client = MlflowClient(tracking_uri=uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:

@@ -11,7 +11,10 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import notice
+
 SPOOL_NAME = "mlflow-spool.jsonl"
+SET_ASIDE_NAME = "mlflow-spool.set-aside.jsonl"  # cut lines and writes the store refused: kept, never resent
 MAX_PARAM_LENGTH = 6000  # mlflow truncates longer values (with a warning); keep ours well under
 
 
@@ -47,14 +50,46 @@ def entry(uri: str, run_id: str, kind: str, **args) -> dict:
     return {"uri": uri, "run_id": run_id, "kind": kind, "args": args}
 
 
+def refused(exc: Exception) -> bool:
+    """Whether the store answered and said no (a param logged again with another value, a deleted run): an
+    HTTP 4xx MLflow error. Anything else (no answer, a 5xx, a locked database) may pass: the write is kept."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and 400 <= exc.get_http_status_code() < 500
+
+
+def _whole(line: str) -> dict | None:
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(item, dict) and {"uri", "run_id", "kind", "args"} <= item.keys()
+    return item if ok else None
+
+
 class Spool:
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    @property
+    def set_aside_path(self) -> Path:
+        return self.path.with_name(SET_ASIDE_NAME)
+
     def entries(self) -> list[dict]:
+        """The whole lines, in order. A line cut mid-write (a process killed while appending, a full disk) is
+        moved to the set-aside file, with one notice: the lines around it are still sent."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text(errors="replace").splitlines() if line.strip()]
+        items = [_whole(line) for line in lines]
+        cut = [line for line, item in zip(lines, items) if item is None]
+        good = [item for item in items if item is not None]
+        if cut:
+            self._set_aside([{"reason": "cut mid-write", "line": line} for line in cut])
+            self._rewrite(good)
+            notice(f"{len(cut)} cut line(s) of {self.path} (a write interrupted mid-line) set aside in "
+                   f"{self.set_aside_path}; the {len(good)} whole line(s) are kept to send")
+        return good
 
     def __len__(self) -> int:
         return len(self.entries())
@@ -63,24 +98,41 @@ class Spool:
         with open(self.path, "a") as f:
             f.write(json.dumps(item) + "\n")
 
+    def _set_aside(self, records: list[dict]) -> None:
+        with open(self.set_aside_path, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+
+    def _rewrite(self, items: list[dict]) -> None:
+        if items:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(i) + "\n" for i in items))
+            tmp.replace(self.path)
+        elif self.path.exists():
+            self.path.unlink()
+
     def replay(self, client_for) -> tuple[int, int]:
-        """Send the entries in order with ``client_for(uri)``; (sent, left). Stops at the first that fails."""
+        """Send the entries in order with ``client_for(uri)``; (sent, left). A write the store refuses is set
+        aside (one notice) and the next is sent; at the first that cannot reach the store, the rest are kept."""
         pending = self.entries()
-        sent = 0
+        sent, refusals, at = 0, [], len(pending)
         try:
-            for item in pending:
-                apply(client_for(item["uri"]), item)
+            for i, item in enumerate(pending):
+                try:
+                    apply(client_for(item["uri"]), item)
+                except Exception as exc:
+                    if not refused(exc):
+                        at = i  # the store is away (or busy): keep this one and the rest for later
+                        break
+                    refusals.append({"reason": f"refused: {str(exc).splitlines()[0][:300]}", "entry": item})
+                    continue
                 sent += 1
-        except Exception:  # the server is still away (or refuses): keep the rest for later
-            pass
         finally:
-            left = pending[sent:]
-            if left:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text("".join(json.dumps(i) + "\n" for i in left))
-                tmp.replace(self.path)
-            elif self.path.exists():
-                self.path.unlink()
+            if refusals:
+                self._set_aside(refusals)
+                notice(f"the store refused {len(refusals)} kept write(s) of {self.path} ({refusals[0]['reason']}); "
+                       f"set aside in {self.set_aside_path}, the others were sent")
+            left = pending[at:]
+            self._rewrite(left)
         return sent, len(left)
 
 

@@ -29,13 +29,18 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def check_store(uri: str) -> None:
+def check_store(uri: str, read_only: bool = False) -> None:
+    """One ``UserError`` when ``uri`` cannot be used now (``read_only``: by a reader, which writes nothing)."""
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
         return
     db = sqlite_path(uri)
     if db is not None:
-        _check_writable(db.parent, f"cannot write the MLflow store {uri}")
+        if db.is_dir():
+            raise UserError(f"the MLflow store {uri} names a folder, not a database file: give the path of a "
+                            "file (e.g. sqlite:///mlflow.db)")
+        if not read_only:
+            _check_writable(db.parent, f"cannot write the MLflow store {uri}")
         if db.is_file() and db.stat().st_size:
             with open(db, "rb") as f:
                 if f.read(16) != SQLITE_HEADER:
@@ -48,7 +53,7 @@ def check_store(uri: str) -> None:
 
 def fail_fast_requests() -> None:
     """MLflow's HTTP client retries for minutes by default; a server that is away should fail a write at once
-    (the write is then kept, see ``spool.py``)."""
+    (the write is then kept, see ``spool.py``), and a reader should say so at once."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
@@ -69,7 +74,10 @@ def _check_server(uri: str) -> None:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + route, timeout=TIMEOUT_S):
                 return
-        except urllib.error.HTTPError:
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                raise UserError(f"the MLflow server at {uri} answers HTTP {exc.code} ({exc.reason}) to {route}: it "
+                                "is up but failing; see its log, or set MLFLOW_TRACKING_URI to another store") from None
             continue  # it answers: reachable (the next route, or MLflow itself, will say more)
         except (urllib.error.URLError, OSError) as exc:
             raise UserError(f"cannot reach the MLflow server at {uri} ({getattr(exc, 'reason', exc)}); start it, "

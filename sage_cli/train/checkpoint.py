@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..errors import UserError
 
 
 @dataclass
@@ -61,8 +64,12 @@ def save_checkpoint(path: str | Path, state: dict, meta: dict | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    digest = sha256_of(tmp) if meta is not None else None
+    try:
+        torch.save(state, tmp)
+        digest = sha256_of(tmp) if meta is not None else None
+    except (OSError, RuntimeError) as exc:  # a full disk (torch's zip writer says so as a RuntimeError)
+        tmp.unlink(missing_ok=True)  # never left filling the disk; the checkpoint it would replace is intact
+        raise CheckpointNotSaved(path, exc) from None
     if meta is not None and path.is_file() and meta_path(path).is_file():
         prev = previous_path(path)
         os.replace(path, prev)
@@ -70,6 +77,19 @@ def save_checkpoint(path: str | Path, state: dict, meta: dict | None = None) -> 
     os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new one, never half of one
     if meta is not None:
         save_meta(path, {**meta, "sha256": digest})
+
+
+class CheckpointNotSaved(UserError):
+    """The checkpoint could not be written (a full disk, a quota); the previous one is kept, whole."""
+
+    def __init__(self, path: Path, exc: Exception):
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        # torch's zip writer reports a short write as "[enforce fail …] unexpected pos"; with the disk (nearly)
+        # full that is what happened, and the user should read it so
+        why = getattr(exc, "strerror", None) or ("no space left on the device" if free < 64e6
+                                                 else str(exc).strip().splitlines()[0][:160])
+        super().__init__(f"cannot save the checkpoint {path} ({why}; {free / 1e6:.0f} MB free there); the "
+                         "previous checkpoint is kept: free some space and run the recipe again to resume")
 
 
 def load_checkpoint(path: str | Path) -> dict:

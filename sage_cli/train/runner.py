@@ -21,10 +21,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..errors import Preempted, TrainingDiverged, UserError
+from ..errors import Preempted, Stopped, TrainingDiverged, UserError
+from ..processes import alive
 from ..recipe import Recipe
-from ..track.mlflow_run import MlflowRun, experiment_id_for, resolve_tracking_uri, run_status
-from ..track.spool import SPOOL_NAME
+from ..track.mlflow_run import (
+    MlflowRun,
+    experiment_id_for,
+    quiet_migrations,
+    resolve_tracking_uri,
+    run_status,
+)
+from ..track.spool import SPOOL_NAME, Spool
 from ..track.store import fail_fast_requests
 
 
@@ -103,29 +110,21 @@ def checkpoint_path_for(recipe: Recipe) -> Path:
     return Path(recipe.training.output_dir) / recipe.hash() / "checkpoint.pt"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # somebody else's process: alive
-        return True
-    return True
-
-
-def recover_dead_runs(client, experiment_id: str, recipe_hash: str, resumed: str | None) -> None:
+def recover_dead_runs(client, experiment_id: str, recipe_hash: str, resumed: str | None, also: str = "") -> None:
     """RUNNING runs of this identity whose process is gone (SIGKILL, a crash): the one this checkpoint
-    resumes is tagged and continued; the others are marked FAILED with the reason. The caller holds the run
-    folder's lock, so the process that wrote its checkpoint is dead; a run elsewhere is judged by its PID."""
+    resumes is tagged and continued; the others are marked FAILED with the reason (and ``also``, what else is
+    known). The caller holds the run folder's lock, so the process that wrote its checkpoint is dead; a run
+    elsewhere is judged by its PID."""
     here = platform.node()
     found = client.search_runs([experiment_id], f"tags.`sage.recipe_hash` = '{recipe_hash}' and "
                                                 "attributes.status = 'RUNNING'", max_results=100)
     for r in found:
         host, pid = r.data.tags.get("sage.host", "?"), r.data.tags.get("sage.pid", "")
         why = f"process {pid or '?'} on {host} died before recording the run (SIGKILL or a crash)"
+        why += f"; {also}" if also else ""
         if r.info.run_id == resumed:
             client.set_tag(r.info.run_id, "sage.recovered", f"{why}; resumed by process {os.getpid()} on {here}")
-        elif host == here and pid.isdigit() and not _alive(int(pid)):
+        elif host == here and pid.isdigit() and not alive(int(pid)):
             client.set_tag(r.info.run_id, "sage.failure", why)
             client.set_terminated(r.info.run_id, "FAILED")
 
@@ -135,11 +134,13 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
     resumed, in the same MLflow run; ``restart`` discards it instead. One process at a time trains a recipe
     (``wait``: wait for the one that does instead of refusing)."""
+    from ..faults import pause_at
     from ..models.weights import prepare
     from ..track.store import check_store
     from .locks import RunLock
 
     console = console or Console()
+    pause_at("load")  # fault injection (tests): a signal here comes before any MLflow run exists
     check_gpu(recipe)  # found now, not as a traceback in a FAILED run, nor as a silent run on the CPU
     protocol = protocol_for(recipe)
     data = protocol.load(recipe)  # data errors surface before any MLflow run exists
@@ -166,18 +167,38 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
 
     if restart:
         remove_checkpoint(ckpt_path)
-    meta, notice = verified_meta(ckpt_path)  # a damaged checkpoint: the previous one, or --restart
+    damaged = None
+    try:
+        meta, notice = verified_meta(ckpt_path)  # a damaged checkpoint: the previous one, or --restart
+    except UserError as exc:
+        meta, notice, damaged = None, None, exc
     if notice:
         console.print(notice, soft_wrap=True, markup=False, highlight=False)
+    if meta is not None and meta.get("recipe_hash", recipe.hash()) != recipe.hash():
+        raise UserError(f"the checkpoint {ckpt_path} was saved for another recipe (identity "
+                        f"{meta.get('recipe_hash')}, run {meta.get('run_id')}), not for this one ({recipe.hash()}): "
+                        "the run folder was copied or moved; put it back, or pass --restart to train anew")
     if meta is not None and meta.get("tracking_uri") != uri:
         raise UserError(f"the checkpoint {ckpt_path} belongs to run {meta.get('run_id')} in "
                         f"{meta.get('tracking_uri')}: resume it there, or pass --restart to train anew into {uri}")
+    quiet_migrations()
     with store_lock(uri):  # the first creation of a store and its experiment, one process at a time
         client = MlflowClient(tracking_uri=uri)
         experiment_id = experiment_id_for(client, recipe.tracking.experiment)
+    if damaged is not None:  # nothing to resume: the dead run it belonged to must not stay RUNNING
+        recover_dead_runs(client, experiment_id, recipe.hash(), None, f"its checkpoint is damaged ({damaged})")
+        raise damaged
+    spool = Spool(ckpt_path.parent / SPOOL_NAME)
+    replayed = meta is not None and len(spool) > 0
+    if replayed:  # what a past process could not send, first: its run may be recorded whole by it
+        spool.replay(lambda _uri: client)
     status = run_status(client, meta.get("run_id")) if meta else None
     if meta is not None and meta.get("finished") and status in (None, "FINISHED"):
         remove_checkpoint(ckpt_path)  # that run is recorded whole: this is a new run of the recipe
+        if replayed and status == "FINISHED":  # ...recorded by its kept records just now: that was the point
+            line = (f"run {meta['run_id']} had trained to the end while the MLflow server was away; its kept "
+                    "records are now sent and it is FINISHED (nothing trained again)")
+            return RunOutcome(meta["run_id"], uri, "FINISHED", line)
         meta = None
     completing = bool(meta and meta.get("finished"))  # trained to the end, never recorded: record it now
     recover_dead_runs(client, experiment_id, recipe.hash(), meta.get("run_id") if meta else None)
@@ -250,7 +271,14 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
             raise
         except KeyboardInterrupt:
             run.finish("KILLED")
-            raise
+            raise Stopped(run.run_id) from None
+        except (UserError, OSError) as exc:  # a full disk, an unreadable image: one line, and said in MLflow too
+            error = exc if isinstance(exc, UserError) else UserError(
+                f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}; the run is marked FAILED "
+                "and its last checkpoint kept")
+            run.set_tags({"sage.failure": str(error)[:5000]})
+            run.finish("FAILED")
+            raise error from None
         except BaseException:
             run.finish("FAILED")
             raise
