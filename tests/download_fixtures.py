@@ -97,10 +97,12 @@ def build_archives(out: Path) -> dict[str, list[str]]:
 class Mirror:
     """A real HTTP server over ``folder``. Per archive name, ``behaviour`` may hold: 'cut' (the first GET sends
     half the bytes and closes), 'norange' (Range headers ignored), 'huge' (HEAD claims 1 PB), 'html' (a web
-    page instead). ``requests`` records (method, path, Range header)."""
+    page instead), 'stall' (half the bytes, then silence until the server stops). ``requests`` records
+    (method, path, Range header)."""
 
     def __init__(self, folder: Path):
         self.folder, self.behaviour, self.requests = folder, {}, []
+        self.stopping = threading.Event()
         self.cut_done: set[str] = set()
         mirror = self
 
@@ -152,6 +154,11 @@ class Mirror:
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 body = data[start:]
+                if "stall" in how:  # a mirror that hangs mid-transfer: the client must give up on its own
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    mirror.stopping.wait(120)
+                    return
                 if "cut" in how and name not in mirror.cut_done:
                     mirror.cut_done.add(name)
                     self.wfile.write(body[: len(body) // 2])
@@ -169,5 +176,6 @@ class Mirror:
         return self
 
     def __exit__(self, *exc):
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()

@@ -2,6 +2,7 @@
 source's: every layout ends complete, and cut-off, range-refusing, corrupt, missing and huge archives, no
 network and an unwritable root each end in one line and nothing half-installed."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,55 @@ def test_an_incomplete_folder_is_not_replaced_without_force(mirror, tmp_path):
     assert result.exit_code == 2 and "is there but incomplete" in result.output and "--force" in result.output
     assert download(tmp_path, "pacs", extra=("--force",)).exit_code == 0
     assert status_of(tmp_path, "pacs") == "complete"
+
+
+@pytest.fixture
+def own_mirror(archives, tmp_path, monkeypatch):
+    """A mirror over a copy of the archives, whose files a test may rewrite."""
+    folder = tmp_path / "served"
+    shutil.copytree(archives[0], folder)
+    with Mirror(folder) as m:
+        monkeypatch.setenv("SAGE_DOWNLOAD_MIRROR", m.url)
+        yield folder
+
+
+def _bsd(gnu: str) -> str:
+    """`sha256sum` lines rewritten as BSD's (`shasum --tag`, `sha256 -r` on macOS/BSD)."""
+    return "".join(f"SHA256 ({name.lstrip('*')}) = {hexdigest}\n"
+                   for hexdigest, name in (line.split() for line in gnu.splitlines() if line.strip()))
+
+
+def test_bsd_checksum_lines_are_verified_like_gnu_ones(own_mirror, tmp_path):
+    gnu = (own_mirror / "SHA256SUMS").read_text()
+    (own_mirror / "SHA256SUMS").write_text(_bsd(gnu))
+    root = tmp_path / "root"
+    assert download(root, "vlcs").exit_code == 0
+    assert '"verified": "sha256"' in (root / DOWNLOADS / MANIFEST).read_text()
+    wrong = gnu.split()[gnu.split().index("VLCS.tar.gz") - 1]
+    (own_mirror / "SHA256SUMS").write_text(_bsd(gnu.replace(wrong, "0" * 64)))
+    again = download(tmp_path / "other", "vlcs")
+    assert again.exit_code == 2 and "does not match the published" in again.output
+
+
+def test_a_checksum_line_of_neither_format_is_an_error_not_a_silent_skip(own_mirror, tmp_path):
+    gnu = (own_mirror / "SHA256SUMS").read_text()
+    (own_mirror / "SHA256SUMS").write_text(gnu + "VLCS.tar.gz: 1234 (not a checksum line)\n")
+    result = download(tmp_path, "vlcs")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "is not a SHA-256 checksum line" in result.output and not (tmp_path / "VLCS").exists()
+
+
+def test_an_archive_that_expands_beyond_the_free_space_is_refused_and_leaves_nothing(own_mirror, tmp_path):
+    import zipfile
+
+    from test_faults import small_filesystem
+
+    with zipfile.ZipFile(own_mirror / "PACS.zip", "w", zipfile.ZIP_DEFLATED) as z:  # 24 MB of zeros: ~25 KB
+        z.writestr("kfold/art_painting/dog/pic_001.jpg", b"\0" * 24_000_000)
+    (own_mirror / "SHA256SUMS").unlink()
+    with small_filesystem(tmp_path / "root", "8m") as root:
+        result = download(root, "pacs")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "PACS.zip expands to 0.02 GB" in result.output and "the archive is kept" in result.output
+        left = sorted(p.name for p in (root / DOWNLOADS).iterdir())
+        assert left == ["PACS.zip"]  # no partial extraction filling the disk

@@ -106,3 +106,17 @@ def test_a_download_failing_torchvisions_checksum_keeps_nothing(caches, tmp_path
             del os.environ["SAGE_DOWNLOAD_MIRROR"]
         assert ("GET", R50_FILE, None) in mirror.requests
     assert not list((caches / "torch" / "hub" / "checkpoints").glob("*"))
+
+
+def test_weights_from_a_stalled_mirror_time_out_in_one_line(caches, tmp_path, monkeypatch):
+    """torch.hub's download has no timeout of its own: a mirror that stops sending mid-file hung `sage run`."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / R50_FILE).write_bytes(b"w" * 200_000)
+    with Mirror(served) as mirror:
+        mirror.behaviour[R50_FILE] = ("stall",)
+        monkeypatch.setenv("SAGE_DOWNLOAD_MIRROR", mirror.url)
+        monkeypatch.setenv("SAGE_DOWNLOAD_TIMEOUT", "2")
+        with pytest.raises(UserError, match="cannot download ResNet-50 weights 'IMAGENET1K_V1'.*timed out"):
+            resnet_weights("IMAGENET1K_V1", download=True)
+    assert not list((caches / "torch" / "hub" / "checkpoints").glob("*"))  # nothing half-written kept

@@ -129,6 +129,7 @@ def extract(archive: Path, into: Path) -> None:
     try:
         needed, free = declared_size(archive), shutil.disk_usage(into).free
         if needed > free:
+            shutil.rmtree(into, ignore_errors=True)
             raise UserError(f"{archive.name} expands to {needed / 1e9:.2f} GB and {into} has {free / 1e9:.2f} GB "
                             "free; free some space and run the command again (the archive is kept)")
         if archive.name.endswith(".zip"):

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 from .runs import Run
 from .selection import SELECTIONS, grouped, mean_sem, n_envs, sweep_acc
 from .tables import Cell, Table
@@ -43,13 +41,13 @@ def hparams_seeds(runs: list[Run]) -> dict[str, int]:
 
 
 def complete(row: dict, test_envs) -> bool:
-    """Whether a checkpoint has every accuracy model selection reads, each a finite number: every env's
+    """Whether a checkpoint has every accuracy model selection reads, each a fraction in [0, 1]: every env's
     ``out`` accuracy and the held-out envs' ``in`` accuracy. A NaN, an infinity or a missing held-out value
     leaves the checkpoint out (``left_out`` counts them) rather than breaking or skewing a table."""
     n = n_envs(row)
     keys = [f"env{i}_out_acc" for i in range(n)] + [f"env{t}_in_acc" for t in test_envs]
     return (n > 0 and bool(test_envs) and all(0 <= t < n for t in test_envs)
-            and all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in keys))
+            and all(isinstance(row.get(k), (int, float)) and 0 <= row[k] <= 1 for k in keys))  # NaN fails too
 
 
 def _finished_dg(runs: list[Run]):
@@ -74,7 +72,7 @@ def left_out(runs: list[Run]) -> str:
     if not bad:
         return ""
     return (f"{sum(bad.values())} checkpoint(s) of {len(bad)} finished run(s) left out of model selection: an "
-            f"accuracy is missing or not a finite number (NaN, inf); run {next(iter(bad))[:8]} is one")
+            f"accuracy is missing or not a fraction in [0, 1] (NaN, inf); run {next(iter(bad))[:8]} is one")
 
 
 def labels_in_order(runs: list[Run]) -> list[str]:

@@ -7,6 +7,8 @@ other tracking URI through MLflow's client, one metric history request per run a
 from __future__ import annotations
 
 import json
+import math
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,10 +114,11 @@ def _from_sqlite(path: Path, experiments) -> list[Run]:
             points: dict[str, dict[int, dict]] = {}
             final: dict[str, dict] = {}
             # the last value logged at each (key, step) wins: a resumed run may log a checkpoint again
-            for run_id, key, step, value in db.execute(
-                    "SELECT run_uuid, key, step, value FROM metrics ORDER BY timestamp"):
+            for run_id, key, step, value, is_nan in db.execute(
+                    "SELECT run_uuid, key, step, value, is_nan FROM metrics ORDER BY timestamp"):
                 if run_id not in runs:
                     continue
+                value = _stored(value, is_nan)
                 if key.startswith("final_"):
                     final.setdefault(run_id, {})[key[6:]] = value
                 elif _wanted(key):
@@ -126,6 +129,14 @@ def _from_sqlite(path: Path, experiments) -> list[Run]:
         run.rows = _rows(points.get(run_id, {}))
         run.final = final.get(run_id, {})
     return list(runs.values())
+
+
+def _stored(value: float, is_nan) -> float:
+    """A metric as MLflow's SQL store keeps it: NaN as 0.0 with ``is_nan`` set, ±inf as ±float max (what its
+    client gives back as NaN and ±inf). Read as 0.0, a diverged run's NaN accuracy would compete as 0 %."""
+    if is_nan:
+        return math.nan
+    return math.copysign(math.inf, value) if abs(value) >= sys.float_info.max else value
 
 
 def _from_client(uri: str, experiments) -> list[Run]:
