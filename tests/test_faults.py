@@ -180,9 +180,10 @@ def test_a_sweep_launcher_killed_outright_is_settled_by_sage_status(tmp_path):
         proc.wait(timeout=30)
         sweep_id = next(tmp_path.glob("sweeps/*/sweep.json")).parent.name
         deadline = time.time() + 180
-        while time.time() < deadline:  # until its job's process has ended too
+        while time.time() < deadline:  # `sage status` settles the parent once its job's process has ended too
             status = sage(["status", sweep_id], tmp_path, env={"COLUMNS": "200"})
-            if "running" not in status.stdout:
+            [parent] = _parent(uri)
+            if parent.info.status != "RUNNING":
                 break
             time.sleep(1)
     finally:
@@ -190,7 +191,6 @@ def test_a_sweep_launcher_killed_outright_is_settled_by_sage_status(tmp_path):
             proc.kill()
     assert status.returncode == 0, status.stderr
     assert "1 finished" in status.stdout and "not submitted" in status.stdout
-    [parent] = _parent(uri)
     assert parent.info.status == "FAILED"
     assert "launcher is gone" in parent.data.tags["sage.failure"] and "1 not submitted" in parent.data.tags["sage.failure"]
 

@@ -74,7 +74,7 @@ def test_ablation_submits_arrays_finishes_and_is_not_resubmitted(tmp_path):
 
     again = sage(args, tmp_path)
     assert again.returncode == 0
-    assert "4 jobs (0 to run, 4 already finished)" in again.stdout and "nothing to submit" in again.stdout
+    assert "4 jobs (0 to run, 4 already finished)" in again.stdout and "nothing to run" in again.stdout
 
 
 def _start_long_job(tmp_path, steps, freq=20):
