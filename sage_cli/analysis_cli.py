@@ -33,10 +33,12 @@ def terms_rows(values: dict) -> list[list[str]]:
         ["parameters", f"{values['n_params']:,}"],
         ["tr(H̄)  (Hutchinson)", f"{values['curvature_trace']:.6g} ± {values['curvature_stderr']:.2g}  ({values['probes']} probes)"],
         ["tr(H̄⁻¹Σg)  (CG)", f"{values['alignment_trace']:.6g}"],
-        ["  damping λ · CG iterations · residual", f"{values['damping']:.3g} · {values['cg_iterations']} · "
-                                                  f"{values['cg_residual']:.2e}"],
+        ["  damping λ · CG iterations · residual", f"{values['damping']:.3g}"
+         + (f" (raised from {values['damping_asked']:g}: λ_min < 0)" if values['damping'] > values.get(
+             'damping_asked', values['damping']) else "") + f" · {values['cg_iterations']} · {values['cg_residual']:.2e}"],
         ["alignment term  1/(2K) · tr(H̄⁻¹Σg)", f"{values['alignment_factor']:.4g} × … = {values['alignment_term']:.6g}"],
-        ["curvature term  σ²/2 · tr(H̄)", f"{values['curvature_factor']:.4g} × … = {values['curvature_term']:.6g}  (σ = {values['sigma']:g})"],
+        ["curvature term  σ²/2 · tr(H̄)", f"{values['curvature_factor']:.4g} × … = {values['curvature_term']:.6g}  (σ = {values['sigma']:g}, "
+                                           f"{values.get('sigma_source', 'given')})"],
         ["agreement S", f"{values['agreement']:.4f}"],
         ["λ_max(H̄) (power iteration) · λ_min (Lanczos)", f"{values['lambda_max']:.6g} · {values['lambda_min']:.4g}"],
         ["Hessian-vector products", f"{values['hessian_products']}"],
@@ -50,7 +52,7 @@ def diagnose(
     damping: float = typer.Option(1e-2, "--damping", min=0.0, help="λ of (H̄ + λI)⁻¹; raised to 1.5·|λ_min| where H̄ has negative curvature."),
     cg_iters: int = typer.Option(20, "--cg-iters", min=1, help="Conjugate-gradient iterations per solve."),
     power_iters: int = typer.Option(20, "--power-iters", min=1, help="Power iterations for λ_max."),
-    sigma: float = typer.Option(0.0, "--sigma", min=0.0, help="σ of Eq. 5's parameter noise, for the curvature term."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", min=0.0, help="σ of Eq. 5's parameter noise, for the curvature term (default: a SAGE run's own β = γ(1 − S) at this point, else 0)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the batches and the probes."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="The run's recipe (default: recipe.yaml beside the checkpoint, or the run's artifact)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store of RUN_ID (default: $MLFLOW_TRACKING_URI or ./mlflow.db)."),
@@ -66,15 +68,24 @@ def diagnose(
 
         found = locate(target, recipe, tracking_uri)
         task = load_task(found, device)
-        terms = measure(task, batches, probes, damping, cg_iters, power_iters, sigma, seed)
+        terms = measure(task, batches, probes, damping, cg_iters, power_iters, sigma or 0.0, seed)
     except UserError as exc:
         _fail(str(exc))
-    values = terms.to_dict()
     gamma = getattr(found.recipe.optimizer, "gamma", None)
-    if gamma is not None:  # SAGE's own noise at this point, β = γ(1 − S), for comparison with σ
+    noise = None
+    if gamma is not None:  # SAGE's own noise at this point, β = γ(1 − S)
+        from dataclasses import replace
+
         from .optim.sage import AgreementNoise
 
-        values["noise_scale"] = AgreementNoise(gamma).set_agreement(terms.agreement)["noise_scale"]
+        noise = AgreementNoise(gamma).set_agreement(terms.agreement)["noise_scale"]
+        if sigma is None:  # the curvature term is σ²/2 · tr(H̄): with the run's own σ, not 0
+            terms = replace(terms, sigma=noise)
+    values = terms.to_dict()
+    values["sigma_source"] = "given" if sigma is not None else "the run's β = γ(1 − S)" if noise is not None else "none (0)"
+    values["damping_asked"] = damping
+    if noise is not None:
+        values["noise_scale"] = noise
     values.update({"run_id": found.run_id, "checkpoint": str(found.checkpoint), "step": found.step,
                    "method": found.recipe.optimizer.label, "dataset": found.recipe.dataset.name})
     _table(f"Theorem 1 at {found.recipe.label} · {found.recipe.dataset.name} · step {found.step}", ["", "value"],
@@ -140,7 +151,7 @@ def appendix_c(
 
 @analysis_app.command("appendix-d")
 def appendix_d(
-    out: Path = typer.Option(Path("docs"), "--out", help="Folder for appendix_d.png and appendix_d.csv."),
+    out: Path = typer.Option(Path("sage-analysis"), "--out", help="Folder for appendix_d.png and appendix_d.csv (created)."),
     seed: int = typer.Option(0, "--seed"),
 ):
     """App. D (Fig. 4): sharpness of SAM, ASAM and SAGE (each bias rule) under W1, b1 → αW1, αb1,
@@ -162,7 +173,7 @@ def appendix_d(
 
 @analysis_app.command("figure-2")
 def figure_2(
-    out: Path = typer.Option(Path("docs"), "--out", help="Folder for figure_2.png."),
+    out: Path = typer.Option(Path("sage-analysis"), "--out", help="Folder for figure_2.png (created)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the SGLD and SAGE noise."),
 ):
     """Fig. 2: ERM, SAM, SGLD and SAGE's agreement-scaled noise from one start on a two-minimum, two-domain
@@ -184,4 +195,4 @@ def figure_2(
 
 def register(app: typer.Typer) -> None:
     app.command()(diagnose)
-    app.add_typer(analysis_app, name="analysis")
+    app.add_typer(analysis_app, name="analysis", short_help="The paper's worked examples (App. C, App. D, Fig. 2).")

@@ -24,6 +24,20 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"sage {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print sage's version and exit.")):
+    """Run, schedule and report SAGE (Spectral-Aware Gradient-Aligned Exploration) experiments."""
+
+
 def _load(recipe: Path, overrides: list[str] | None, seed: int | None = None, test_env: int | None = None):
     from .recipe import load_recipe, parse_overrides
 
@@ -46,6 +60,7 @@ def run(
     test_env: Optional[int] = typer.Option(None, "--test-env", help="Held-out environment index."),
     restart: bool = typer.Option(False, "--restart", help="Discard an unfinished checkpoint instead of resuming."),
     wait: bool = typer.Option(False, "--wait", help="If this recipe is running already, wait for it to end."),
+    force: bool = typer.Option(False, "--force", help="Train again a recipe whose identity has a FINISHED run."),
 ):
     """Train one recipe and record it as one MLflow run (an interrupted run resumes where it stopped)."""
     try:
@@ -56,7 +71,7 @@ def run(
         from .errors import TrainingDiverged
         from .train.runner import run_recipe
 
-        outcome = run_recipe(resolved, restart=restart, wait=wait)
+        outcome = run_recipe(resolved, restart=restart, wait=wait, force=force)
     except UserError as exc:
         _fail(str(exc))
     except TrainingDiverged as exc:
@@ -99,6 +114,9 @@ def validate(
     except UserError as exc:
         _fail(str(exc))
     typer.echo(resolved.to_yaml().rstrip())
+    flat, idle = resolved.flat(), sorted(resolved.idle())
+    if idle:  # apart: they are neither logged with the run nor part of its identity
+        typer.echo("# idle here (not read by this run): " + ", ".join(f"{k}={flat[k]}" for k in idle))
     typer.echo(f"# ok: {recipe} · hash {resolved.hash()}")
 
 
@@ -267,7 +285,7 @@ def _launch(sweep_id, name, jobs, tracking_uri, experiment, slurm, launcher, max
     from rich.console import Console
 
     from .launch.launchers import LAUNCHERS
-    from .launch.sweep import job_table, launch, make_plan, summary_line
+    from .launch.sweep import job_table, launch, make_plan, summary_line, unfinished_line
 
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher '{launcher}': choose {' or '.join(LAUNCHERS.names())}")
@@ -281,9 +299,12 @@ def _launch(sweep_id, name, jobs, tracking_uri, experiment, slurm, launcher, max
         return
     typer.echo(summary_line(plan))
     try:
-        launch(plan, launcher, max_parallel, console)
+        state = launch(plan, launcher, max_parallel, console)
     except KeyboardInterrupt:
         _fail("interrupted: running jobs were stopped and marked KILLED", code=130)
+    left = unfinished_line(state, plan) if LAUNCHERS.get(launcher).blocking else ""
+    if left:  # cancelled or failed jobs: a script that waits on the sweep must see it
+        _fail(f"sweep {plan.id}: {left}; `sage status {plan.id}` for each, `sage logs JOB` for why", code=1)
     typer.echo(f"sweep {plan.id}: `sage status {plan.id}` to follow it")
 
 
@@ -331,6 +352,8 @@ def ablate(
 @app.command()
 def sweep(
     experiment: Path = typer.Argument(..., help="Experiment YAML file (recipes × methods × grid)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " On every job, as the file's "
+                                             "overrides: (before its methods and grid); part of each identity."),
     seeds: Optional[str] = LAUNCH_OPTIONS["seeds"],
     test_envs: Optional[str] = LAUNCH_OPTIONS["test_envs"],
     launcher: str = LAUNCH_OPTIONS["launcher"],
@@ -344,7 +367,10 @@ def sweep(
         from .launch.plan import load_experiment, sweep_id
 
         notes: list[str] = []
-        exp = load_experiment(experiment, _split(seeds, int, "seeds"), _test_envs(test_envs), notes)
+        from .recipe import parse_overrides
+
+        exp = load_experiment(experiment, _split(seeds, int, "seeds"), _test_envs(test_envs), notes,
+                              parse_overrides(set_))
         _print_notes(notes)
         _launch(sweep_id(exp.name, exp.jobs), exp.name, exp.jobs, tracking_uri, exp.tracking_experiment, exp.slurm,
                 launcher, max_parallel, dry_run, force)
@@ -362,7 +388,7 @@ def _writable(folder: Path | None, option: str) -> None:
         raise UserError(f"{option} {folder}: cannot write there ({problem}); nothing was written")
 
 
-@app.command()
+@app.command(short_help="The paper's tables and figures from your runs (DomainBed's model selection).")
 def report(
     sweeps: Optional[List[str]] = typer.Argument(None, help="Sweep ids (or prefixes); none: every sweep."),
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", help="MLflow experiment names instead."),

@@ -170,6 +170,29 @@ class Recipe(Section):
     def flat(self) -> dict[str, Any]:
         return flatten_dict(self.model_dump(mode="json", by_alias=True))
 
+    def idle(self) -> set[str]:
+        """Dotted keys that do not act on this run: a choice's settings that its other settings switch off, the
+        training and dataset settings of the other kind of dataset (MTL epochs on a DG run), the section of the
+        other kind (a DG run's aggregator, an MTL run's objective), backbone settings the backbone does not read."""
+        kind, flat = self.kind, self.flat()
+        idle = {f"training.{k}" for k in TRAINING_ONLY["mtl" if kind == "dg" else "dg"]}
+        idle |= {f"dataset.{k}" for k in DG_ONLY_DATASET} if kind == "mtl" else set()
+        other = "aggregator" if kind == "dg" else "objective"
+        idle |= {k for k in flat if k == other or k.startswith(other + ".")}
+        for section in ("optimizer", "objective", "aggregator"):
+            part = getattr(self, section)
+            if section != other and part is not None:
+                idle |= {f"{section}.{k}" for k in part.idle()}
+        reads = set(MODELS.entry(self.backbone.name).settings) if self.backbone.name in MODELS else set()
+        idle |= {k for k in flat if k.startswith("backbone.") and k != "backbone.name"
+                 and k.split(".", 1)[1].split(".")[0] not in reads}
+        return idle & set(flat)
+
+    def acting(self) -> dict[str, Any]:
+        """``flat()`` without the idle keys: the params a run logs."""
+        idle = self.idle()
+        return {k: v for k, v in self.flat().items() if k not in idle}
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 

@@ -218,3 +218,18 @@ def test_report_draws_the_two_terms_along_training_per_row_label():
     assert "diag_curvature_trace,rotated_digits,erm,10,2200.0" in lines  # the mean over erm's two seeds
     assert any(line.startswith("diag_alignment_trace,rotated_digits,sage,20,2.1") for line in lines)
     assert build([run("erm", 0, 1.0)], ["training"], with_figures=False).figures == []
+
+
+def test_diagnose_takes_a_run_id_prefix_and_a_sage_runs_own_noise_scale(quickstart_run):
+    run_id, uri, _ = quickstart_run
+    quick = ["--json", "--no-log", "--probes", "4", "--cg-iters", "5", "--power-iters", "5"]
+    own = CliRunner().invoke(app, ["diagnose", run_id[:8], "--tracking-uri", uri, *quick])
+    assert own.exit_code == 0, own.output
+    data = json.loads(own.output.strip().splitlines()[-1])
+    assert data["run_id"] == run_id and data["sigma_source"] == "the run's β = γ(1 − S)"
+    assert data["sigma"] == pytest.approx(data["noise_scale"]) and data["sigma"] > 0
+    assert data["curvature_term"] == pytest.approx(data["sigma"] ** 2 / 2 * data["curvature_trace"])
+    given = CliRunner().invoke(app, ["diagnose", run_id[:8], "--tracking-uri", uri, "--sigma", "0", *quick])
+    assert json.loads(given.output.strip().splitlines()[-1])["curvature_term"] == 0
+    wrong = CliRunner().invoke(app, ["diagnose", "zzzz", "--tracking-uri", uri])
+    assert wrong.exit_code == 2 and "no run starting with 'zzzz'" in wrong.output

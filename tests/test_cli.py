@@ -149,3 +149,90 @@ def test_help_imports_no_heavy_library():
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
     helped = subprocess.run([*SAGE, "--help"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert helped.returncode == 0 and "run" in helped.stdout and "validate" in helped.stdout
+
+
+# ------------------------------------------------------------- what a newcomer trips on (issue: small things)
+
+
+def test_version_and_command_summaries_that_are_not_cut_at_abbreviations():
+    version = CliRunner().invoke(app, ["--version"])
+    from sage_cli import __version__
+
+    assert version.exit_code == 0 and version.output.strip() == f"sage {__version__}"
+    listing = CliRunner().invoke(app, ["--help"]).output
+    summaries = {line.split()[0]: line for line in listing.splitlines() if line.startswith("  ") and line.split()}
+    for command in ("report", "analysis"):
+        assert not summaries[command].rstrip().endswith(("App.", "Fig.")), summaries[command]
+    assert "model" in summaries["report"] and "App. C" in summaries["analysis"]
+
+
+def test_status_lists_jobs_in_plan_order_says_queued_and_names_an_ambiguous_prefix(workdir, monkeypatch):
+    from sage_cli.launch.state import JobRecord, SweepState
+
+    monkeypatch.setenv("SAGE_SWEEPS", str(workdir / "sweeps"))
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    planned = ["ff01", "0a02", "7c03"]  # plan order, not hash order
+    for name in ("abl-1", "abl-2"):
+        SweepState(name, "abl", uri, "e", launcher="slurm",
+                   jobs={h: JobRecord(h, f"job {i}", "r.json", "slurm") for i, h in enumerate(planned)}).save()
+    shown = CliRunner().invoke(app, ["status", "abl-1"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.output.splitlines() if "│ job " in line]
+    assert [next((h for h in planned if h in row), row) for row in rows] == planned, shown.output
+    assert all("queued" in row for row in rows) and shown.output.strip().splitlines()[-1] == "3 queued"
+    ambiguous = CliRunner().invoke(app, ["status", "abl"])
+    assert ambiguous.exit_code == 2 and "'abl' matches 2 sweeps (abl-1, abl-2); give more of the id" in ambiguous.output
+
+
+def test_datasets_without_a_root_does_not_speak_of_a_recipe(workdir, monkeypatch):
+    monkeypatch.delenv("SAGE_DATA", raising=False)
+    result = CliRunner().invoke(app, ["datasets"])
+    assert result.exit_code == 2 and "SAGE_DATA" in result.output
+    assert "in the recipe" not in result.output
+
+
+def test_analysis_never_writes_into_the_working_folders_docs_by_default(workdir):
+    result = CliRunner().invoke(app, ["analysis", "figure-2"])
+    assert result.exit_code == 0, result.output
+    assert (workdir / "sage-analysis" / "figure_2.png").is_file() and not (workdir / "docs").exists()
+
+
+def test_a_recipe_whose_identity_has_a_finished_run_is_not_trained_again_without_force(workdir):
+    first = subprocess.run([*SAGE, "run", str(QUICKSTART), *FAST], cwd=workdir, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([*SAGE, "run", str(QUICKSTART), *FAST], cwd=workdir, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    runs = _client(workdir).search_runs([_client(workdir).get_experiment_by_name("quickstart").experiment_id])
+    assert again.returncode == 0 and "already has a FINISHED run" in again.stdout and "--force" in again.stdout
+    assert len(runs) == 1 and runs[0].info.run_id in again.stdout and "━" not in again.stdout  # no bar: no step
+    forced = subprocess.run([*SAGE, "run", str(QUICKSTART), *FAST, "--force"], cwd=workdir, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert forced.returncode == 0, forced.stderr
+    assert len(_client(workdir).search_runs([runs[0].info.experiment_id])) == 2
+
+
+def test_a_redirected_run_prints_one_line_per_checkpoint(workdir):
+    """A SLURM log, `sage logs`, `> file`: the progress bar draws nothing there, so each checkpoint is a line."""
+    proc = subprocess.run([*SAGE, "run", str(QUICKSTART), *FAST], cwd=workdir, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["0", "2", "4"], proc.stdout
+    assert all(" · loss " in line and " · test out " in line and " · val " in line and " · ETA " in line
+               for line in lines)
+
+
+def test_runs_are_named_for_their_row_and_log_only_settings_that_act(workdir):
+    proc = subprocess.run([*SAGE, "run", str(QUICKSTART), *FAST, "--seed", "2"], cwd=workdir, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    client = _client(workdir)
+    [run] = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert run.info.run_name == "sage · rotated_digits · env 5 · seed 2"
+    params = run.data.params
+    assert "optimizer.rho" in params and "training.steps" in params
+    for idle in ("optimizer.momentum", "optimizer.samo_beta", "training.epochs", "aggregator"):
+        assert idle not in params, idle  # Adam reads no momentum; SAMO is off; a DG run has no epochs
+    shown = CliRunner().invoke(app, ["validate", str(QUICKSTART)])
+    assert "# idle here (not read by this run): " in shown.output and "optimizer.momentum=0.9" in shown.output

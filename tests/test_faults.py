@@ -190,9 +190,9 @@ def test_a_sweep_launcher_killed_outright_is_settled_by_sage_status(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert status.returncode == 0, status.stderr
-    assert "1 finished" in status.stdout and "not submitted" in status.stdout
+    assert "1 finished" in status.stdout and "not started" in status.stdout
     assert parent.info.status == "FAILED"
-    assert "launcher is gone" in parent.data.tags["sage.failure"] and "1 not submitted" in parent.data.tags["sage.failure"]
+    assert "launcher is gone" in parent.data.tags["sage.failure"] and "1 not started" in parent.data.tags["sage.failure"]
 
 
 def test_slurm_launcher_without_slurm_is_one_line_and_records_nothing(tmp_path):

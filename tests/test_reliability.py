@@ -140,7 +140,7 @@ def test_a_second_run_of_the_same_recipe_is_refused_while_the_first_runs(tmp_pat
     assert "is already running" in line and f"PID {first.pid}" in line and "--wait" in line
     first.communicate(timeout=120)
     assert first.returncode == 0
-    waited = run(tmp_path, "--wait")  # the first is done: --wait takes the lock at once, and trains anew
+    waited = run(tmp_path, "--wait", "--force")  # the first is done: --wait takes the lock at once; --force trains anew
     assert waited.returncode == 0, waited.stderr
     assert [s for _, s in runs(tmp_path)] == ["FINISHED", "FINISHED"]
 

@@ -220,3 +220,41 @@ def test_a_report_through_an_mlflow_server_equals_the_sqlite_one(store, report_j
     for part in ("dg", "mtl"):
         assert sorted(served[part], key=key) == sorted(report_json[part], key=key)
     assert sorted(r["status"] for r in served["not_finished"]) == ["FAILED", "RUNNING"]
+
+
+def test_latex_labels_every_table_prints_its_notes_names_envs_and_leaves_out_empty_tables(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from report_fixtures import accs, add_run
+
+    uri = f"sqlite:///{tmp_path / 'digits.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("d")
+    for seed in (0, 1):  # no pair runs: every leave-one-domain-out table is X only
+        add_run(client, exp, dataset="rotated_digits", label="SAGE", hparams="h", seed=seed, test_envs=(0,),
+                rows=[(0, accs(.5, .4, out=(.6,) * 5, n=6))])
+    result = build(from_store(uri, experiments=["d"]), ["training", "loo"], with_figures=False)
+    tex = to_latex(result)
+    kept = [t for t in result.tables if any(c.mean is not None for _, cells in t.rows for c in cells)]
+    assert tex.count("\\label{tab:") == len(kept) == 2 and "\\label{tab:dg-training-rotated-digits}" in tex
+    assert "0$^\\circ$ & 15$^\\circ$" in tex  # RotatedDigits' environments are angles
+    assert "\\paragraph{Notes.}" in tex and not [line for line in tex.splitlines()[1:] if line.startswith("%")]
+    assert "left out: rotated\\_digits $\\cdot$ model selection: leave-one-domain-out" in tex
+    assert "leave-one-domain-out" not in "".join(line for line in tex.splitlines() if line.startswith("\\caption"))
+
+
+def test_every_cell_carries_its_n_rankings_compare_equal_n_and_json_holds_every_table_and_choice(store):
+    result = build(from_store(store), ["training"], with_figures=False)
+    [toy] = [t for t in result.tables if t.key == "dg-training-toy3"]
+    usual = toy.usual_n
+    assert toy.notes[0] == f"n = {usual} trial seeds per cell unless marked (n=…)"
+    odd = [(i, j, c) for i, (_, cells) in enumerate(toy.rows) for j, c in enumerate(cells[:-1])
+           if c.mean is not None and c.n != usual]
+    assert odd, "the fixture has cells averaging fewer seeds"
+    for i, j, cell in odd:
+        assert toy.cell_text(cell, j).endswith(f"(n={cell.n})") and i not in toy.ranks(j)
+    assert any(note.startswith("A: chose ") and " at step" in note for note in toy.notes)
+    data = json.loads(__import__("sage_cli.report.formats", fromlist=["to_json"]).to_json(result))
+    assert {t["key"] for t in data["tables"]} == {t.key for t in result.tables}
+    assert all("n" in c for t in data["tables"] for r in t["rows"] for c in r["cells"])
+    a0 = [r for r in data["dg"] if r["method"] == "A" and r["test_env"] == 0][0]
+    assert {p["trial_seed"] for p in a0["chosen"]} == {0, 1} and all("step" in p for p in a0["chosen"])

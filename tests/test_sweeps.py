@@ -222,3 +222,85 @@ def test_32_concurrent_jobs_into_one_sqlite_store(tmp_path):
     for r in all_runs:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")] == list(range(10))
         assert len(client.get_metric_history(r.info.run_id, "acc")) == 10
+
+
+def test_sage_cancel_stops_a_local_sweep_and_starts_nothing_after(tmp_path):
+    """Before, the launcher started the next queued job in place of the cancelled one (it ran to FINISHED while
+    `sage status` said cancelled), called the cancelled job failed and exited 0."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(tmp_path / "sweeps")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sage_cli", "ablate", QUICKSTART, "--rho", "1e-3,2e-3,3e-3",
+                             "--set", "training.steps=5000", "--set", "training.checkpoint_freq=50"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (list(tmp_path.glob("sweeps/*/sweep.json")) and any(
+                r.info.status == "RUNNING" for r in child_runs(uri)[1])):
+            time.sleep(0.5)
+        sweep_id = next(tmp_path.glob("sweeps/*/sweep.json")).parent.name
+        cancel = sage(["cancel", sweep_id], tmp_path)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert cancel.returncode == 0 and "cancelled 3 job(s)" in cancel.stdout, cancel.stdout + cancel.stderr
+    assert proc.returncode == 1 and "3 of 3 jobs did not finish (3 cancelled)" in err, out + err
+    client, children = child_runs(uri)
+    assert [r.info.status for r in children] == ["KILLED"]  # no queued job started after the cancel
+    status = sage(["status", sweep_id], tmp_path, env={"COLUMNS": "200"})
+    assert status.stdout.strip().splitlines()[-1] == "3 cancelled"
+    parent = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+              if r.data.tags.get("sage.sweep_parent") == "true"]
+    assert [p.info.status for p in parent] == ["KILLED"]
+
+
+def test_sweep_set_shrinks_every_job_and_is_part_of_its_identity(tmp_path):
+    exp = str(ROOT / "experiments" / "table1_digits.yaml")
+    plain = sage(["sweep", exp, "--dry-run", "--seeds", "0", "--test-envs", "0"], tmp_path, env={"COLUMNS": "200"})
+    small = sage(["sweep", exp, "--dry-run", "--seeds", "0", "--test-envs", "0", "--set", "training.steps=40",
+                  "--set", "training.checkpoint_freq=10"], tmp_path, env={"COLUMNS": "200"})
+    assert plain.returncode == 0 and small.returncode == 0, small.stderr
+    assert "3 jobs (3 to run" in small.stdout
+    import re
+
+    hashes = set(re.findall(r"\b[0-9a-f]{16}\b", plain.stdout))
+    assert len(hashes) == 3 and hashes.isdisjoint(re.findall(r"\b[0-9a-f]{16}\b", small.stdout))
+    from sage_cli.launch.plan import load_experiment
+
+    jobs = load_experiment(exp, [0], [0], overrides={"training.steps": 40}).jobs
+    assert {j.recipe.training.steps for j in jobs} == {40} and {j.recipe.optimizer.method for j in jobs} == {
+        "erm", "sam", "sage"}
+    assert "--set 'training.steps'" in one_line(sage(["sweep", exp, "--dry-run", "--set", "training.steps"], tmp_path))
+
+
+def one_line(result) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip()
+
+
+def test_a_redirected_sweep_says_each_job_as_it_ends(tmp_path):
+    proc = sage(["ablate", QUICKSTART, "--rho", "1e-3,2e-3", *TINY], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ends = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in ends] == ["[1/2", "[2/2"] and all(line.endswith(": finished")
+                                                                          for line in ends), proc.stdout
+
+
+def test_sweep_status_and_report_agree_on_a_job_reused_from_an_earlier_run(tmp_path):
+    """A job whose identity already had a FINISHED run (an earlier `sage run`) is skipped by the sweep and
+    finished for `sage status`; the report counts it too (before: 'not started', the cell at n = 1, no ±)."""
+    short = ["--set", "training.steps=40", "--set", "training.checkpoint_freq=10"]
+    first = sage(["run", QUICKSTART, *short, "--set", "optimizer.method=erm"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    exp = tmp_path / "reuse.yaml"
+    exp.write_text(f"name: reuse\nrecipes: [{QUICKSTART}]\nmethods:\n  ERM: {{optimizer.method: erm}}\n"
+                   "overrides: {training.steps: 40, training.checkpoint_freq: 10}\nseeds: [0, 1]\n")
+    swept = sage(["sweep", str(exp)], tmp_path)
+    assert swept.returncode == 0 and "2 jobs (1 to run, 1 already finished)" in swept.stdout, swept.stdout
+    status = sage(["status", "reuse"], tmp_path, env={"COLUMNS": "200"})
+    assert status.stdout.strip().splitlines()[-1] == "2 finished"
+    report = json.loads(sage(["report", "reuse", "--format", "json"], tmp_path).stdout)
+    [cell] = [r for r in report["dg"] if r["method"] == "ERM" and r["test_env"] == 5]
+    assert cell["n"] == 2 and cell["sem"] is not None and report["not_finished"] == []

@@ -27,7 +27,8 @@ def data_root(root: str | None, must_exist: bool = True) -> Path:
     """The recipe's ``dataset.root``, else $SAGE_DATA."""
     chosen = root or os.environ.get("SAGE_DATA")
     if not chosen:
-        raise UserError("no data root: set dataset.root in the recipe or the SAGE_DATA environment variable")
+        raise UserError("no data root: set the SAGE_DATA environment variable (or dataset.root in a recipe, --root "
+                        "where a command takes it)")
     path = Path(chosen).expanduser()
     if must_exist and not path.is_dir():
         raise UserError(f"data root {path} does not exist")

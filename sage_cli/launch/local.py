@@ -135,11 +135,17 @@ def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, conso
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
     gpus = visible_gpus()
     status = {j.hash: "queued" for j in jobs}
-    pending, running = list(jobs), {}
+    pending, running, cancelled = list(jobs), {}, False
     try:
         with InterruptGuard("stopping the running jobs") as interrupts, \
                 Live(_table(state, status), console=console, refresh_per_second=4, transient=False) as live:
             while pending or running:
+                if not cancelled and state.cancel_mark.exists():  # `sage cancel`: it stops the running jobs
+                    cancelled = True
+                    for job in pending:
+                        status[job.hash], job.status, job.cancelled = "cancelled", "cancelled", True
+                    pending = []
+                    state.save()
                 while pending and len(running) < max_parallel:
                     job = pending.pop(0)
                     gpu = _least_used(gpus, [g for _j, _p, g in running.values()])
@@ -148,8 +154,14 @@ def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, conso
                     state.save()
                 for h, (job, proc, _gpu) in list(running.items()):
                     if proc.poll() is not None:
-                        status[h] = job.status = "finished" if proc.returncode == 0 else "failed"
+                        ended = "finished" if proc.returncode == 0 else "cancelled" if cancelled else "failed"
+                        status[h] = job.status = ended
+                        job.cancelled = job.cancelled or ended == "cancelled"
                         del running[h]
+                        if not console.is_terminal:  # a log: the live table draws nothing, say each end
+                            done = sum(1 for v in status.values() if v not in ("queued", "running"))
+                            console.print(f"[{done}/{len(status)}] {job.label} ({h}): {ended}", markup=False,
+                                          highlight=False, soft_wrap=True)
                         state.save()
                 live.update(_table(state, status))
                 time.sleep(0.2)

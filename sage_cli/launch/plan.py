@@ -141,9 +141,12 @@ EXPERIMENT_KEYS = {"name", "recipes", "methods", "grid", "components", "seeds", 
                    "experiment"}
 
 
-def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[str] | None = None) -> Experiment:
+def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[str] | None = None,
+                    overrides: dict[str, Any] | None = None) -> Experiment:
     """An experiment file: ``recipes`` × ``methods`` (label → overrides) × ``grid`` (key → values)
-    [× ``components``] × seeds × test envs. Recipe paths are relative to the file or the working dir."""
+    [× ``components``] × seeds × test envs. Recipe paths are relative to the file or the working dir.
+    ``overrides`` (``sage sweep --set``) join the file's own ``overrides:``, on every recipe, before the
+    methods and the grid."""
     path = Path(path)
     _tree, spec = read_yaml(path, "experiment")
     if not isinstance(spec, dict) or not spec.get("recipes"):
@@ -168,7 +171,7 @@ def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[st
         recipe_path = next((c for c in candidates if c.is_file()), None)
         if recipe_path is None:
             raise UserError(f"{path}: recipe {entry} not found")
-        recipe = load_recipe(recipe_path, flatten_dict(common) if common else None)
+        recipe = load_recipe(recipe_path, {**flatten_dict(common), **(overrides or {})} or None)
         label = recipe.name or recipe_path.stem
         variants = {m: flatten_dict(o or {}) for m, o in methods.items()}
         run_seeds = seeds if seeds is not None else spec.get("seeds")

@@ -42,6 +42,12 @@ class SweepState:
     def dir(self) -> Path:
         return sweeps_dir() / self.id
 
+    @property
+    def cancel_mark(self) -> Path:
+        """Left by `sage cancel` (another process than the launcher): no job of the sweep starts any more. A file
+        of its own, because the launcher rewrites sweep.json as its jobs end."""
+        return self.dir / "cancelled"
+
     def job_environment(self) -> dict[str, str]:
         """What a job's process needs to tie its MLflow run to this sweep."""
         return {"SAGE_SWEEP_ID": self.id, "SAGE_PARENT_RUN_ID": self.parent_run_id}
@@ -50,7 +56,7 @@ class SweepState:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "sweep.json.tmp"
         data = {**asdict(self), "jobs": {h: asdict(j) for h, j in self.jobs.items()}}
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(data, indent=1))  # jobs in plan order: `sage status` lists them so
         os.replace(tmp, self.dir / "sweep.json")
 
     @classmethod
@@ -61,6 +67,9 @@ class SweepState:
         path = sweeps_dir() / sweep / "sweep.json"
         if not path.is_file():
             matches = sorted(p.parent.name for p in sweeps_dir().glob(f"{sweep}*/sweep.json"))
+            if len(matches) > 1:
+                raise UserError(f"'{sweep}' matches {len(matches)} sweeps ({', '.join(matches[:5])}"
+                                f"{', …' if len(matches) > 5 else ''}); give more of the id")
             if len(matches) != 1:
                 known = ", ".join(p.parent.name for p in sorted(sweeps_dir().glob("*/sweep.json"))) or "none"
                 raise UserError(f"no sweep '{sweep}' under {sweeps_dir()} (known: {known})")

@@ -16,6 +16,9 @@ def job_statuses(state: SweepState) -> list[dict]:
     queue: dict[str, str] = {}
     for launcher, jobs in _by_launcher(state).items():
         queue.update(launcher.states(jobs))
+    from ..processes import recorded_alive
+
+    launcher_gone = (state.launcher or "local") == "local" and recorded_alive(state.launched_by) is False
     rows, dead = [], []
     for h, job in state.jobs.items():
         run = runs.get(h)
@@ -36,7 +39,8 @@ def job_statuses(state: SweepState) -> list[dict]:
         elif mlflow:
             status = MLFLOW_WORDS.get(mlflow, mlflow.lower())
         else:
-            status = job.status or ("queued" if job.scheduler_id else "not submitted")
+            # it waits (the README's word), unless the local launcher that would start it is gone
+            status = job.status or ("not started" if launcher_gone and not job.scheduler_id else "queued")
         rows.append({"hash": h, "label": job.label, "status": status, "scheduler_id": job.scheduler_id,
                      "scheduler_state": sched, "mlflow": mlflow, "attempt": attempt,
                      "run_id": run.info.run_id if run else "",
@@ -113,6 +117,8 @@ def cancel_sweep(state: SweepState) -> int:
     live = [r for r in rows if r["status"] not in ("finished", "cancelled", "failed")]
     live_jobs = SweepState(state.id, state.name, state.tracking_uri, state.experiment,
                            jobs={r["hash"]: state.jobs[r["hash"]] for r in live}, launcher=state.launcher)
+    state.cancel_mark.parent.mkdir(parents=True, exist_ok=True)
+    state.cancel_mark.touch()  # first: a local launcher then starts no queued job in the place of a stopped one
     for launcher, jobs in _by_launcher(live_jobs).items():
         launcher.cancel(jobs)
     for r in live:

@@ -73,6 +73,7 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
     except UserError:
         state = SweepState(plan.id, plan.name, plan.tracking_uri, plan.experiment)
     state.launcher, state.tracking_uri = launcher, plan.tracking_uri
+    state.cancel_mark.unlink(missing_ok=True)  # launched again: a past `sage cancel` is over
     state.launched_by = this_process() if LAUNCHERS.get(launcher).blocking else ""
     experiment_id = prepare_store(plan.tracking_uri, plan.experiment)
     client = MlflowClient(tracking_uri=plan.tracking_uri)
@@ -128,6 +129,17 @@ def launch(plan: SweepPlan, launcher: str, max_parallel: int, console: Console) 
         client.set_terminated(state.parent_run_id, "FAILED")
         raise
     if chosen.blocking:  # every job has ended: so has the sweep's parent run
-        ok = all(s == "finished" for s in status.values())
-        client.set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
+        ended = set(status.values())
+        client.set_terminated(state.parent_run_id, "FINISHED" if ended == {"finished"} else
+                              "KILLED" if "cancelled" in ended else "FAILED")
     return state
+
+
+def unfinished_line(state: SweepState, plan: SweepPlan) -> str:
+    """One line counting the planned jobs a blocking launcher did not finish ('' when all did)."""
+    words = [state.jobs[j.hash].status or "not started" for j in plan.to_run]
+    left = [w for w in words if w != "finished"]
+    if not left:
+        return ""
+    counts = ", ".join(f"{left.count(w)} {w}" for w in dict.fromkeys(left))
+    return f"{len(left)} of {len(words)} jobs did not finish ({counts})"

@@ -167,8 +167,9 @@ class MTLProtocol:
         keys = [k for k in history[-1].metrics if not k.startswith(("loss", "step_time", "epoch_time", *STAT_KEYS))]
         last = recipe.training.report_epochs
         final = {f"final_{k}": final_average(history, k, last) for k in keys}
-        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.aggregator.name} × "
-                            f"{recipe.optimizer.label} · epoch {history[-1].step} (mean of the last {last} epochs)")
+        title = (f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.aggregator.name} × "
+                 f"{recipe.optimizer.label} · epoch {history[-1].step} (mean of the last {last} epochs)")
+        table = Table(title=title, min_width=len(title))  # a title wrapped at ' · ' read as cut
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k in keys:

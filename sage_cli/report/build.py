@@ -155,8 +155,12 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
         data["paper"] = {"table1": paper.table("table1"), "table2": paper.table("table2")}
         data["paper_check"] = [{"table": f.table, "method": f.method, "what": f.what, "stated": f.stated,
                                 "recomputed": f.recomputed, "slack": f.slack, "note": f.note} for f in findings]
+    for table in report.tables:  # every number says how many seeds it averages
+        if table.n_note():
+            table.notes.insert(0, table.n_note())
     if not report.tables:
         report.notes.append("nothing to report: no DG or MTL run in the selection")
+    data["tables"] = [t.as_dict() for t in report.tables]  # every table (grid, components too), every n
     report.data = data
     return report
 

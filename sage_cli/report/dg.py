@@ -18,6 +18,8 @@ def known_envs(dataset: str) -> list[str]:
 
 def env_names(dataset: str, n: int) -> list[str]:
     known = known_envs(dataset)
+    if dataset == "rotated_digits" and len(known) == n:  # its environments are rotation angles
+        return [f"{angle}°" for angle in known]
     return known if len(known) == n else [f"env{i}" for i in range(n)]
 
 
@@ -94,9 +96,35 @@ def trial_summary(chosen: dict, dataset: str, label: str) -> tuple:
     return mean_sem(sum(v) / len(v) for _, v in sorted(trials.items()))
 
 
+def candidate_settings(runs: list[Run]) -> dict[tuple, dict[str, str]]:
+    """(dataset, row, hparams_seed) → the settings that tell the row's candidates apart (ρ, γ, a draw's values):
+    the params whose values differ between them; {} for a row with one candidate."""
+    seeds, out = hparams_seeds(runs), {}
+    for key in {(r.dataset, r.label) for r in runs}:
+        mine = [r for r in runs if (r.dataset, r.label) == key]
+        by_seed = {seeds[r.run_id]: r.params for r in mine}
+        keys = sorted({k for p in by_seed.values() for k in p}) if len(by_seed) > 1 else []
+        differ = [k for k in keys if len({p.get(k) for p in by_seed.values()}) > 1
+                  and k not in ("training.seed", "dataset.test_envs")]
+        for seed, params in by_seed.items():
+            out[(*key, seed)] = {k: params.get(k, "") for k in differ}
+    return out
+
+
+def choice_note(label: str, picks: list[dict]) -> str:
+    """One line: which candidate and step model selection chose for a row, over its seeds and test envs."""
+    from collections import Counter
+
+    shown = Counter(", ".join(f"{k.split('.')[-1]}={v}" for k, v in p["settings"].items()) for p in picks)
+    steps = sorted({p["step"] for p in picks})
+    which = "; ".join(f"{s} ×{n}" for s, n in shown.most_common()) if any(shown) else "its one candidate"
+    return f"{label}: chose {which} at step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
+
+
 def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]:
     recs = records(runs)
     chosen = chosen_accs(recs, selection)
+    settings = candidate_settings(_finished_dg(runs))
     labels = labels_in_order([r for r in runs if r.kind == "dg"])
     datasets = dataset_order(r.dataset for r in runs if r.kind == "dg")
     name = SELECTIONS[selection]
@@ -108,14 +136,19 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
         table = Table(f"dg-{selection}-{dataset}", f"{dataset} · model selection: {name}", columns,
                       higher_is_better=[True] * len(columns), notes=[LEGEND])
         for label in labels:
-            cells = []
+            cells, row_picks = [], []
             for env in range(envs):
-                accs = [v["test_acc"] for (t, d, a, e), v in sorted(chosen.items(), key=lambda kv: kv[0][0])
+                mine = [(t, v) for (t, d, a, e), v in sorted(chosen.items(), key=lambda kv: kv[0][0])
                         if (d, a, e) == (dataset, label, env)]
-                mean, sem, n = mean_sem(accs)
+                mean, sem, n = mean_sem(v["test_acc"] for _, v in mine)
                 cells.append(Cell(mean, sem, n))
+                picks = [{"trial_seed": t, "step": v["step"], "candidate": v["hparams_seed"],
+                          "settings": settings.get((dataset, label, v["hparams_seed"]), {})} for t, v in mine]
+                row_picks += picks
                 json_rows.append({"selection": selection, "dataset": dataset, "method": label, "test_env": env,
-                                  "mean": mean, "sem": sem, "n": n})
+                                  "mean": mean, "sem": sem, "n": n, "chosen": picks})
+            if row_picks:
+                table.notes.append(choice_note(label, row_picks))
             means = [c.mean for c in cells]
             avg = None if None in means or not means else sum(means) / len(means)
             cells.append(Cell(avg))

@@ -44,7 +44,7 @@ def to_text(report: Report, console, with_paper: bool = False) -> None:
             rich.add_column(col, justify="right")
         for label, cells, paper in _rows(table, with_paper):
             style = "dim italic" if paper else None
-            rich.add_row(label, *[c.text(table.digits(j)) for j, c in enumerate(cells)], style=style)
+            rich.add_row(label, *[table.cell_text(c, j, paper) for j, c in enumerate(cells)], style=style)
         console.print(rich)
     for note in report.notes:
         console.print(note)
@@ -63,7 +63,7 @@ def to_markdown(report: Report, with_paper: bool = False) -> str:
                 "|---|" + "---:|" * len(table.columns)]
         for label, cells, paper in _rows(table, with_paper):
             name = f"*{_md(label)}*" if paper else _md(label)
-            out.append(f"| {name} | " + " | ".join(c.text(table.digits(j)) for j, c in enumerate(cells)) + " |")
+            out.append(f"| {name} | " + " | ".join(table.cell_text(c, j, paper) for j, c in enumerate(cells)) + " |")
         out += [""] + [f"*{n}*" for n in table.notes] + [""]
     out += [f"- {n}" for n in report.notes]
     return "\n".join(out).rstrip() + "\n"
@@ -98,15 +98,19 @@ def _tex(text: str) -> str:
 def to_latex(report: Report, with_paper: bool = False) -> str:
     """One tabular per table (booktabs); per column the best value bold and the second underlined."""
     out = [f"% {report.title} — sage report; needs \\usepackage{{booktabs}}"]
+    empty = [t for t in report.tables if not any(c.mean is not None for _, cells in t.rows for c in cells)]
     for table in report.tables:
+        if table in empty:  # a table of X only says nothing in a paper: one note below names it instead
+            continue
         ranks = [table.ranks(j) for j in range(len(table.columns))]
         out += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex(table.title)}}}",
+                f"\\label{{tab:{_label(table.key)}}}",
                 "\\begin{tabular}{l" + "c" * len(table.columns) + "}", "\\toprule",
                 "Method & " + " & ".join(_tex(c) for c in table.columns) + " \\\\", "\\midrule"]
         for i, (label, cells) in enumerate(table.rows):
             texts = []
             for j, cell in enumerate(cells):
-                text = _tex(cell.text(table.digits(j)))
+                text = _tex(table.cell_text(cell, j))
                 place = ranks[j].get(i)
                 texts.append(f"\\textbf{{{text}}}" if place == 1 else f"\\underline{{{text}}}" if place == 2 else text)
             out.append(f"{_tex(label)} & " + " & ".join(texts) + " \\\\")
@@ -114,13 +118,20 @@ def to_latex(report: Report, with_paper: bool = False) -> str:
             out.append("\\midrule")
             for label, cells in table.paper:
                 out.append(f"\\textit{{paper: {_tex(label)}}} & "
-                           + " & ".join(_tex(c.text(table.digits(j))) for j, c in enumerate(cells)) + " \\\\")
+                           + " & ".join(_tex(table.cell_text(c, j, True)) for j, c in enumerate(cells)) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}"]
         if table.notes:
             out.append("\\\\[2pt]{\\footnotesize " + _tex("; ".join(table.notes)) + "}")
         out += ["\\end{table}", ""]
-    out += [f"% {n}" for n in report.notes]
+    notes = [*report.notes, *(f"left out: {t.title} (no run gives it a value)" for t in empty)]
+    if notes:  # printed, not % comments: a table's footnote may point to them
+        out += ["\\paragraph{Notes.}", "\\begin{itemize}", *(f"\\item{{}} {_tex(n)}" for n in notes), "\\end{itemize}"]
     return "\n".join(out) + "\n"
+
+
+def _label(key: str) -> str:
+    """A \\label name: letters, digits, '-' and ':' only (a key may hold a dataset's '_' or a '.')."""
+    return "".join(c if c.isalnum() or c in "-:" else "-" for c in key)
 
 
 # ------------------------------------------------------------------------------------------------ CSV
@@ -186,7 +197,7 @@ def to_html(report: Report, with_paper: bool = False) -> str:
             for j, cell in enumerate(cells):
                 place = None if paper else ranks[j].get(i)
                 cls = {1: " class='best'", 2: " class='second'"}.get(place, "")
-                tds.append(f"<td{cls}>{html.escape(cell.text(table.digits(j)))}</td>")
+                tds.append(f"<td{cls}>{html.escape(table.cell_text(cell, j, paper))}</td>")
             parts.append(f"<tr{' class=paper' if paper else ''}><td>{html.escape(label)}</td>{''.join(tds)}</tr>")
         parts.append("</table>" + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in table.notes))
     for figure in report.figures:

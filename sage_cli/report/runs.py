@@ -73,13 +73,53 @@ def from_store(uri: str, sweeps: list[str] | None = None, experiments: list[str]
     fail_fast_requests()
     path = sqlite_path(uri)
     runs = _from_sqlite(path, experiments) if path is not None else _from_client(uri, experiments)
-    if sweeps:
-        runs = [r for r in runs if any(r.sweep.startswith(s) for s in sweeps)]
-        if not runs:
+    if sweeps or not experiments:
+        reused = reused_runs(runs, sweeps)
+        runs = [r for r in runs if r.sweep and (not sweeps or any(r.sweep.startswith(s) for s in sweeps))] + reused
+        if sweeps and not runs:
             raise UserError(f"no runs of sweep {', '.join(sweeps)} in {uri}")
-    elif not experiments:
-        runs = [r for r in runs if r.sweep]
     return sorted(runs, key=lambda r: (r.start_time, r.run_id))
+
+
+def reused_runs(runs: list[Run], sweeps: list[str] | None) -> list[Run]:
+    """The runs a sweep counts as its jobs without having started them: a job whose identity already had a
+    FINISHED run (an earlier `sage run`, another sweep) is skipped by ``sage sweep`` and shown finished by
+    ``sage status``; the report takes that run for the job, under the job's row label and the sweep's id, so
+    the three agree. Only sweeps whose folder is on this machine can say which jobs they hold."""
+    from dataclasses import replace
+
+    from ..launch.state import SweepState, all_sweeps
+
+    states = []
+    for sweep in sweeps or []:
+        try:
+            states.append(SweepState.load(sweep))
+        except UserError:
+            continue
+    states = states if sweeps else all_sweeps()
+    finished: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: r.start_time):  # the newest FINISHED run of an identity
+        if run.status == "FINISHED":
+            finished[run.recipe_hash] = run
+    out = []
+    for state in states:
+        own = {r.recipe_hash for r in runs if r.sweep == state.id}
+        for job in state.jobs.values():
+            run = finished.get(job.hash)
+            if job.hash in own or run is None or run.sweep == state.id:
+                continue
+            out.append(replace(run, label=_row_label(job) or run.label, sweep=state.id))
+    return out
+
+
+def _row_label(job) -> str | None:
+    """The report row a sweep's job belongs to: the label of its resolved recipe (as its own run would carry)."""
+    from ..recipe import load_recipe
+
+    try:
+        return load_recipe(job.recipe_path).label
+    except UserError:
+        return None
 
 
 def _from_sqlite(path: Path, experiments) -> list[Run]:

@@ -65,6 +65,11 @@ class Choice(Section):
         settings given), or None. A setting left at its default never misfits."""
         return None
 
+    def idle(self) -> set[str]:
+        """Settings that do not act given the others (SGD's momentum under Adam): left out of the identity,
+        of the params logged with a run, and shown apart by ``sage validate``."""
+        return set()
+
     def identity(self) -> dict[str, Any]:
-        """The choice's name and those of its settings that differ from their defaults."""
-        return {self.tag: self.choice, **non_defaults(self, exclude=(self.tag,))}
+        """The choice's name and those of its acting settings that differ from their defaults."""
+        return {self.tag: self.choice, **non_defaults(self, exclude=(self.tag, *self.idle()))}

@@ -43,11 +43,8 @@ class Method(Choice):
         """The method's name in tables and run tags."""
         return self.method
 
-    def identity(self) -> dict:
-        ident = super().identity()
-        if self.base != "sgd":
-            ident.pop("momentum", None)
-        return ident
+    def idle(self) -> set[str]:
+        return set() if self.base == "sgd" else {"momentum"}
 
     def own_settings(self) -> dict:
         """The method's own keywords for its implementation (everything but the base optimizer's)."""
@@ -120,11 +117,9 @@ class SAGE(Method):
     def label(self) -> str:
         return "sage-samo" if self.perturbation == "samo" else "sage"
 
-    def identity(self) -> dict:
-        ident = super().identity()
-        if self.perturbation != "samo":
-            ident = {k: v for k, v in ident.items() if not k.startswith("samo_")}
-        return ident
+    def idle(self) -> set[str]:
+        samo = {k for k in type(self).model_fields if k.startswith("samo_")}
+        return super().idle() | (set() if self.perturbation == "samo" else samo)
 
     def own_settings(self) -> dict:
         own = super().own_settings()

@@ -196,6 +196,7 @@ def sweep_runs(uri: str, sweep_id: str) -> list:
 
     check_store(uri, read_only=True)  # `sage status` of a sweep whose server is down: one line, not a hang
     fail_fast_requests()
+    quiet_migrations()
     client = MlflowClient(tracking_uri=uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:

@@ -360,7 +360,8 @@ class DGProtocol:
 
     def status(self, record: Record, data) -> str:
         accs = " ".join(f"{record.metrics[f'env{i}_out_acc']:.3f}" for i in data.test_envs)
-        return f"loss {record.metrics['loss']:.3f} · test out {accs}"
+        val = [record.metrics[f"env{i}_out_acc"] for i in data.train_envs]
+        return f"loss {record.metrics['loss']:.3f} · test out {accs} · val {sum(val) / len(val):.3f}"
 
     def finish(self, result: TrainResult, recipe: Recipe):
         """(final metrics, a table, the line to print)."""
@@ -370,8 +371,9 @@ class DGProtocol:
         test = data.test_envs[0]
         target = last[f"env{test}_in_acc"]
         selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
-        table = Table(title=f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.label} "
-                            f"· step {result.history[-1].step}")
+        title = (f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.label} "
+                 f"· step {result.history[-1].step}")
+        table = Table(title=title, min_width=len(title))  # a title wrapped at ' · ' read as cut
         for col in ("env", "role", "in acc", "out acc"):
             table.add_column(col, justify="right" if "acc" in col else "left")
         for i, name in enumerate(data.env_names):

@@ -55,6 +55,7 @@ def _from_run(run_id: str, tracking_uri: str, recipe_path: Path | None, scratch:
     if db is not None and not db.is_file():  # MLflow would create an empty store there
         raise UserError(f"'{run_id}' is neither a checkpoint file nor a run: no MLflow store at {db}")
     client = MlflowClient(tracking_uri)
+    run_id = _full_run_id(client, run_id, tracking_uri)
     try:
         client.get_run(run_id)
         recipe = load_recipe(recipe_path or client.download_artifacts(run_id, RECIPE_FILE, str(scratch)))
@@ -72,6 +73,26 @@ def _from_run(run_id: str, tracking_uri: str, recipe_path: Path | None, scratch:
                             "(a run logs it when it finishes)") from None
     step = int((meta or {}).get("step", -1)) if path == local else -1
     return Target(recipe, path, run_id, tracking_uri, step)
+
+
+def _full_run_id(client, prefix: str, tracking_uri: str) -> str:
+    """A run id from a unique prefix of it (as sweep ids are given); a whole id as it is."""
+    if len(prefix) >= 32:
+        return prefix
+    found, token = [], None
+    ids = [e.experiment_id for e in client.search_experiments()]
+    while ids:
+        page = client.search_runs(ids, max_results=1000, page_token=token)
+        found += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+        token = page.token
+        if not token:
+            break
+    if len(found) > 1:
+        raise UserError(f"'{prefix}' is the start of {len(found)} runs in {tracking_uri} ({', '.join(found[:3])}"
+                        f"{', …' if len(found) > 3 else ''}); give more of the id")
+    if not found:
+        raise UserError(f"no run starting with '{prefix}' in {tracking_uri}")
+    return found[0]
 
 
 def locate(target: str, recipe_path: Path | None = None, tracking_uri: str | None = None,

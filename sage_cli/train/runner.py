@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
     }
 
 
+def run_name(recipe: Recipe) -> str:
+    """What MLflow's run list shows: the report row, the dataset, the held-out envs and the seed (a sweep's
+    children were all called by the recipe's name)."""
+    where = f" · env {','.join(map(str, recipe.dataset.test_envs))}" if recipe.kind == "dg" else ""
+    return f"{recipe.label} · {recipe.dataset.name}{where} · seed {recipe.training.seed}"
+
+
 GPU_EXPECTED = "SAGE_EXPECT_GPU"  # set by a launcher that gave the job a GPU
 
 
@@ -130,10 +138,11 @@ def recover_dead_runs(client, experiment_id: str, recipe_hash: str, resumed: str
 
 
 def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = False,
-               should_stop=None, wait: bool = False) -> RunOutcome:
+               should_stop=None, wait: bool = False, force: bool = False) -> RunOutcome:
     """Train ``recipe`` as one MLflow run. An unfinished checkpoint of the same recipe (same hash) is
     resumed, in the same MLflow run; ``restart`` discards it instead. One process at a time trains a recipe
-    (``wait``: wait for the one that does instead of refusing)."""
+    (``wait``: wait for the one that does instead of refusing). An identity that already has a FINISHED run
+    is not trained again (a sweep would count the two runs as one job) unless ``force``."""
     from ..faults import pause_at
     from ..models.weights import prepare
     from ..track.store import check_store
@@ -153,10 +162,28 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
         fail_fast_requests()
     ckpt_path = checkpoint_path_for(recipe)
     with RunLock(ckpt_path.parent, wait, notice=console.print):  # and so does an unwritable output_dir
-        return _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop)
+        return _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop, force)
 
 
-def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop) -> RunOutcome:
+def finished_run(client, experiment_id: str, recipe_hash: str) -> str | None:
+    """The newest FINISHED run of this identity in the experiment, if any."""
+    found = client.search_runs([experiment_id], f"tags.`sage.recipe_hash` = '{recipe_hash}' and "
+                                                "attributes.status = 'FINISHED'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    return found[0].info.run_id if found else None
+
+
+def log_line(at: int, completed: float, first: int, total: int, began: float, status: str) -> str:
+    """One checkpoint's progress as a line of text: where, how it goes, since when, how long still."""
+    elapsed = time.monotonic() - began
+    rate = (completed - first) / elapsed if elapsed > 0 and completed > first else 0.0
+    eta = (total - completed) / rate if rate else 0.0
+    clock = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))  # noqa: E731
+    return f"step {at} ({int(completed)}/{total}) · {status} · elapsed {clock(elapsed)} · ETA {clock(eta)}"
+
+
+def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restart, should_stop,
+                force=False) -> RunOutcome:
     from mlflow.tracking import MlflowClient
 
     from ..faults import pause_at
@@ -200,6 +227,11 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                     "records are now sent and it is FINISHED (nothing trained again)")
             return RunOutcome(meta["run_id"], uri, "FINISHED", line)
         meta = None
+    done = finished_run(client, experiment_id, recipe.hash()) if meta is None and not force else None
+    if done is not None:
+        line = (f"this recipe (identity {recipe.hash()}) already has a FINISHED run, {done}: not training it "
+                "again (--force trains a new run)")
+        return RunOutcome(done, uri, "FINISHED", line)
     completing = bool(meta and meta.get("finished"))  # trained to the end, never recorded: record it now
     recover_dead_runs(client, experiment_id, recipe.hash(), meta.get("run_id") if meta else None)
     first_step = meta["step"] + 1 if meta else 0
@@ -223,7 +255,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
     # Ctrl-C stops training at the next step (never inside an MLflow write), and the run is marked KILLED
     with InterruptGuard("stopping after this step; the checkpoint is kept for the next run") as interrupts:
         with store_lock(uri):
-            run = MlflowRun(uri, recipe.tracking.experiment, recipe.name, run_tags(recipe),
+            run = MlflowRun(uri, recipe.tracking.experiment, run_name(recipe), run_tags(recipe),
                             resume_run_id=meta.get("run_id") if meta else None,
                             spool=ckpt_path.parent / SPOOL_NAME)
         try:
@@ -238,7 +270,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                 run.log_metrics({"resumed_from_step": first_step}, step=first_step)
                 console.print(f"resuming from step {first_step} ({ckpt_path})")
             else:
-                run.log_params(recipe.flat())
+                run.log_params(recipe.acting())  # not SGD's momentum under Adam, nor MTL epochs on a DG run
                 if weights is not None:
                     run.set_tags(weights.tags())
                 run.log_text(recipe.to_yaml(), "recipe.yaml")
@@ -252,9 +284,15 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                     interrupts.check()
                     progress.update(task, completed=step + 1)
 
+                began = time.monotonic()
+
                 def on_ckpt(ckpt):
                     on_checkpoint(ckpt)
-                    progress.update(task, status=protocol.status(ckpt, data))
+                    line = protocol.status(ckpt, data)
+                    progress.update(task, status=line)
+                    if not console.is_terminal:  # a log (SLURM, `sage logs`, a redirect): the bar draws nothing
+                        console.print(log_line(ckpt.step, progress.tasks[0].completed, done, total, began, line),
+                                      soft_wrap=True, markup=False, highlight=False)
 
                 result = train(recipe, protocol, data=data, on_checkpoint=on_ckpt, progress=on_step,
                                checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
