@@ -27,3 +27,25 @@ def runs(uri):
 def child_runs(uri):
     client, all_runs = runs(uri)
     return client, [r for r in all_runs if "sage.sweep_id" in r.data.tags and "sage.sweep_parent" not in r.data.tags]
+
+
+def start_sweep(cwd, *args):
+    """`sage ARGS` (a sweep) started in ``cwd`` without waiting: (process, tracking URI of its store)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(Path(cwd) / "sweeps")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sage_cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, f"sqlite:///{Path(cwd) / 'mlflow.db'}"
+
+
+def wait_for_running_job(cwd, uri, timeout=120):
+    """Until the sweep's folder exists and one of its jobs' runs is RUNNING (sweep.json is written once the store
+    exists: never race its creation)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(Path(cwd).glob("sweeps/*/sweep.json")) and any(r.info.status == "RUNNING" for r in child_runs(uri)[1]):
+            return
+        time.sleep(0.5)
+    raise AssertionError("no job of the sweep started")

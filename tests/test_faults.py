@@ -11,13 +11,12 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sweep_helpers import child_runs, sage
+from sweep_helpers import child_runs, sage, start_sweep, wait_for_running_job
 from test_reliability import (
     QUICKSTART,
     TINY,
@@ -131,11 +130,8 @@ def test_a_finished_runs_kept_records_are_sent_once_by_the_next_run(tmp_path):
 
 
 def _sweep(tmp_path, *extra):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "SAGE_SWEEPS": str(tmp_path / "sweeps")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "sage_cli", "ablate", QUICKSTART, "--rho", "1e-3,2e-3",
-                             "--set", "training.checkpoint_freq=10", *extra], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_sweep(tmp_path, "ablate", QUICKSTART, "--rho", "1e-3,2e-3", "--set", "training.checkpoint_freq=10",
+                       *extra)[0]
 
 
 def _parent(uri: str):
@@ -145,21 +141,11 @@ def _parent(uri: str):
     return every
 
 
-def _wait_for_a_running_job(tmp_path, uri, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if list(tmp_path.glob("sweeps/*/sweep.json")) and any(
-                r.info.status == "RUNNING" for r in child_runs(uri)[1]):
-            return
-        time.sleep(0.5)
-    raise AssertionError("no job started")
-
-
 def test_sigterm_of_a_sweep_marks_its_parent_run_killed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _sweep(tmp_path, "--set", "training.steps=5000")
     try:
-        _wait_for_a_running_job(tmp_path, uri)
+        wait_for_running_job(tmp_path, uri)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=90)
     finally:
@@ -175,7 +161,7 @@ def test_a_sweep_launcher_killed_outright_is_settled_by_sage_status(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _sweep(tmp_path, "--set", "training.steps=60")
     try:
-        _wait_for_a_running_job(tmp_path, uri)
+        wait_for_running_job(tmp_path, uri)
         proc.kill()  # SIGKILL: nothing of the launcher runs again; its running job goes on in its own session
         proc.wait(timeout=30)
         sweep_id = next(tmp_path.glob("sweeps/*/sweep.json")).parent.name

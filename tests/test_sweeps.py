@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import QUICKSTART, ROOT, TINY, child_runs, runs, sage
+from sweep_helpers import QUICKSTART, ROOT, TINY, child_runs, runs, sage, start_sweep, wait_for_running_job
 
 from sage_cli.launch.plan import COMPONENTS, expand, load_experiment
 from sage_cli.recipe import load_recipe
@@ -123,19 +123,10 @@ def test_local_pool_runs_four_jobs_two_at_a_time_then_skips_them(tmp_path):
 
 
 def test_ctrl_c_stops_local_sweep_and_marks_runs_killed(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(tmp_path / "sweeps")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "sage_cli", "ablate", QUICKSTART, "--rho", "1e-3,2e-3",
-                             "--set", "training.steps=5000", "--set", "training.checkpoint_freq=50"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc, uri = start_sweep(tmp_path, "ablate", QUICKSTART, "--rho", "1e-3,2e-3", "--set", "training.steps=5000",
+                            "--set", "training.checkpoint_freq=50")
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:  # sweep.json is written once the store exists (never race its creation)
-            if list(tmp_path.glob("sweeps/*/sweep.json")) and any(
-                    r.info.status == "RUNNING" for r in child_runs(uri)[1]):
-                break
-            time.sleep(0.5)
+        wait_for_running_job(tmp_path, uri)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:  # never leave a 5000-step sweep (or its job processes) behind
@@ -227,17 +218,10 @@ def test_32_concurrent_jobs_into_one_sqlite_store(tmp_path):
 def test_sage_cancel_stops_a_local_sweep_and_starts_nothing_after(tmp_path):
     """Before, the launcher started the next queued job in place of the cancelled one (it ran to FINISHED while
     `sage status` said cancelled), called the cancelled job failed and exited 0."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(tmp_path / "sweeps")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "sage_cli", "ablate", QUICKSTART, "--rho", "1e-3,2e-3,3e-3",
-                             "--set", "training.steps=5000", "--set", "training.checkpoint_freq=50"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc, uri = start_sweep(tmp_path, "ablate", QUICKSTART, "--rho", "1e-3,2e-3,3e-3", "--set", "training.steps=5000",
+                            "--set", "training.checkpoint_freq=50")
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (list(tmp_path.glob("sweeps/*/sweep.json")) and any(
-                r.info.status == "RUNNING" for r in child_runs(uri)[1])):
-            time.sleep(0.5)
+        wait_for_running_job(tmp_path, uri)
         sweep_id = next(tmp_path.glob("sweeps/*/sweep.json")).parent.name
         cancel = sage(["cancel", sweep_id], tmp_path)
         out, err = proc.communicate(timeout=120)
