@@ -258,3 +258,25 @@ def test_every_cell_carries_its_n_rankings_compare_equal_n_and_json_holds_every_
     assert all("n" in c for t in data["tables"] for r in t["rows"] for c in r["cells"])
     a0 = [r for r in data["dg"] if r["method"] == "A" and r["test_env"] == 0][0]
     assert {p["trial_seed"] for p in a0["chosen"]} == {0, 1} and all("step" in p for p in a0["chosen"])
+
+
+def test_runs_trained_otherwise_are_not_mixed_into_one_table(tmp_path):
+    """A 400-step `sage run` beside 40-step ablation runs: before, candidates of one row without a word."""
+    from mlflow.tracking import MlflowClient
+    from report_fixtures import accs, add_run
+
+    uri = f"sqlite:///{tmp_path / 'mixed.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("quickstart")
+    for hparams, steps, value in (("long", 400, .9), ("short-a", 40, .5), ("short-b", 40, .6)):
+        add_run(client, exp, dataset="toy3", label="sage", hparams=hparams, seed=0, test_envs=(0,),
+                rows=[(0, accs(value, .5, out=(.7, .6)))], params={"training.steps": steps, "optimizer.rho": hparams})
+    result = build(from_store(uri, experiments=["quickstart"]), ["training"], with_figures=False)
+    titles = [t.title for t in result.tables]
+    assert "toy3 · model selection: training-domain validation" in titles
+    assert "toy3 [training.steps=400] · model selection: training-domain validation" in titles
+    main = next(t for t in result.tables if t.key == "dg-training-toy3")
+    assert main.rows[0][1][0].mean == pytest.approx(60.0)  # the 40-step candidates only: the 400-step run apart
+    summary = next(t for t in result.tables if t.key == "dg-training-summary")
+    assert summary.columns == ["toy3", "Avg"]  # a split-off group is not averaged in
+    assert any("toy3: runs differ in training.steps; reported in 2 groups" in n for n in result.notes)

@@ -7,7 +7,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..registry import Registry
-from . import ablation, figures, paper
+from . import ablation, comparable, figures, paper
 from .dg import dg_tables, known_envs, left_out
 from .formats import FORMATS, Report, render, table_csv, to_text
 from .mtl import COLUMNS, mtl_tables
@@ -104,6 +104,8 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
     """Every table; the figures too unless ``with_figures`` is False (text, Markdown, CSV, JSON show none)."""
     sweeps = sweeps or sorted({r.sweep for r in runs if r.sweep})
     report = Report(f"sage report · {source}" if source else "sage report")
+    runs, split_notes = comparable.split(runs)  # runs trained or evaluated otherwise: tables of their own
+    report.notes += split_notes
     data: dict = {"dg": [], "mtl": [], "not_finished": [], "source": source,
                   "selections": selections, "runs": len(runs)}
     unstarted = unstarted_jobs(runs, sweeps)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .comparable import base_dataset
 from .runs import Run
 from .selection import SELECTIONS, grouped, mean_sem, n_envs, sweep_acc
 from .tables import Cell, Table
@@ -13,12 +14,13 @@ LEGEND = "mean ± standard error over trial seeds (population standard deviation
 def known_envs(dataset: str) -> list[str]:
     from ..catalog import DATASETS
 
+    dataset = base_dataset(dataset)
     return list(DATASETS.entry(dataset).envs) if dataset in DATASETS else []
 
 
 def env_names(dataset: str, n: int) -> list[str]:
     known = known_envs(dataset)
-    if dataset == "rotated_digits" and len(known) == n:  # its environments are rotation angles
+    if base_dataset(dataset) == "rotated_digits" and len(known) == n:  # its environments are rotation angles
         return [f"{angle}°" for angle in known]
     return known if len(known) == n else [f"env{i}" for i in range(n)]
 
@@ -28,7 +30,11 @@ def dataset_order(names) -> list[str]:
 
     known = DATASETS.names()
     order = ["rotated_digits", "pacs", "vlcs", "officehome", "terraincognita", "domainnet"]
-    return sorted(set(names), key=lambda d: (order.index(d) if d in order else len(order), d not in known, d))
+    def rank(d):
+        base = base_dataset(d)
+        return order.index(base) if base in order else len(order), base not in known, base, d
+
+    return sorted(set(names), key=rank)
 
 
 def hparams_seeds(runs: list[Run]) -> dict[str, int]:
@@ -157,6 +163,7 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
             table.rows.append((label, cells))
             summary[(label, dataset)] = trial_summary(chosen, dataset, label)
         tables.append(table)
+    datasets = [d for d in datasets if d == base_dataset(d)]  # a split-off group stands alone: not averaged in
     if datasets:
         table = Table(f"dg-{selection}-summary", f"Averages · model selection: {name}", [*datasets, "Avg"],
                       higher_is_better=[True] * (len(datasets) + 1), notes=[LEGEND])

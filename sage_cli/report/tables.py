@@ -37,6 +37,10 @@ class Table:
     paper: list[tuple[str, list[Cell]]] = field(default_factory=list)  # the paper's rows (--with-paper)
     kind: str = "dg"
 
+    def __post_init__(self):
+        # a file name (tables/<key>.csv): a split dataset's "pacs [training.steps=40]" becomes pacs-training-steps-40
+        self.key = "-".join("".join(c if c.isalnum() or c in "-_" else " " for c in self.key).split())
+
     def digits(self, j: int) -> int:
         return self.decimals[j] if self.decimals else 1
 
