@@ -280,3 +280,35 @@ def test_runs_trained_otherwise_are_not_mixed_into_one_table(tmp_path):
     summary = next(t for t in result.tables if t.key == "dg-training-summary")
     assert summary.columns == ["toy3", "Avg"]  # a split-off group is not averaged in
     assert any("toy3: runs differ in training.steps; reported in 2 groups" in n for n in result.notes)
+
+
+def test_figures_show_the_data_unsmoothed_with_their_spread(tmp_path):
+    """App. F drew an EMA(0.6) of five checkpoints (a raw −0.003 drawn at 0.16) pooled over test envs."""
+    import csv
+    import io
+
+    from mlflow.tracking import MlflowClient
+    from report_fixtures import accs, add_run
+
+    from sage_cli.report.figures import _compact
+
+    uri = f"sqlite:///{tmp_path / 'curves.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("c")
+    for seed, (a0, a1) in enumerate(((0.4, -0.003), (0.2, 0.013))):
+        for env in (0, 1):
+            add_run(client, exp, dataset="toy3", label="SAGE", hparams="h", seed=seed, test_envs=(env,),
+                    rows=[(0, {**accs(.5, .5, test=env, out=(.6, .6)), "target_alignment": a0}),
+                          (10, {**accs(.6, .5, test=env, out=(.7, .6)), "target_alignment": a1})])
+    report = build(from_store(uri, experiments=["c"]), ["training"], with_figures=True)
+    figures = {f.key: f for f in report.figures}
+    assert {"alignment", "accuracy_curves", "bars-dg-training-summary"} <= set(figures)
+    rows = list(csv.DictReader(io.StringIO(figures["alignment"].csv)))
+    assert {r["line"] for r in rows} == {"SAGE · env 0", "SAGE · env 1"}  # one line per held-out env
+    at10 = [r for r in rows if r["line"] == "SAGE · env 0" and r["step"] == "10"]
+    assert float(at10[0]["mean"]) == pytest.approx(0.005) and at10[0]["n"] == "2" and float(at10[0]["sem"]) > 0
+    curve = list(csv.DictReader(io.StringIO(figures["accuracy_curves"].csv)))
+    assert {(r["step"], r["mean"]) for r in curve if r["line"] == "SAGE · env 1"} == {("0", "0.5"), ("10", "0.6")}
+    assert [_compact(x) for x in ("ρ=0.0001", "γ=1e-06", "ρ=0.05")] == ["1e-4", "1e-6", "0.05"]
+    for figure in figures.values():
+        assert figure.png[:4] == b"\x89PNG"

@@ -10,8 +10,6 @@ from .dg import chosen_accs, dataset_order, records, trial_summary
 from .runs import Run
 from .tables import Cell, Table
 
-EMA = 0.6  # the plots' smoothing: an exponential moving average, weight 0.6 on the previous smoothed value
-
 
 def _is_full_sage(run: Run) -> bool:
     p = run.params
@@ -66,20 +64,26 @@ def components_tables(runs: list[Run], selection: str) -> list[Table]:
 def metric_series(runs: list[Run], key: str = "target_alignment",
                   kinds=("dg",)) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """dataset → row label → (step, mean ``key`` over that label's finished runs at that step)."""
+    return {d: {lab: [(s, m) for s, m, _sem, _n in pts] for lab, pts in labels.items()}
+            for d, labels in spread_series(runs, key, kinds, by_env=False).items()}
+
+
+def spread_series(runs: list[Run], key: str, kinds=("dg",), by_env: bool = True) -> dict[str, dict[str, list]]:
+    """dataset → line → [(step, mean, standard error, n)] of ``key`` over the finished runs (seeds) at each
+    checkpoint, unsmoothed; a line per row label, and per held-out env (``label · env t``) where a dataset's
+    runs hold out several (``by_env``). ``key`` may name ``{test}`` for the held-out env's index."""
+    from .selection import mean_sem
+
     out: dict[str, dict[str, dict[int, list[float]]]] = {}
     for r in runs:
         if r.kind not in kinds or r.status != "FINISHED":
             continue
+        envs = {x.test_envs for x in runs if x.dataset == r.dataset and x.kind in kinds}
+        line = f"{r.label} · env {','.join(map(str, r.test_envs))}" if by_env and len(envs) > 1 else r.label
+        name = key.format(test=r.test_envs[0]) if r.test_envs else key
         for row in r.rows:
-            if key in row:
-                out.setdefault(r.dataset, {}).setdefault(r.label, {}).setdefault(row["step"], []).append(row[key])
-    return {d: {lab: [(s, sum(v) / len(v)) for s, v in sorted(steps.items())] for lab, steps in labels.items()}
-            for d, labels in out.items()}
-
-
-def smooth(values: list[float], weight: float = EMA) -> list[float]:
-    out, last = [], None
-    for v in values:
-        last = v if last is None else weight * last + (1 - weight) * v
-        out.append(last)
-    return out
+            value = row.get(name)
+            if isinstance(value, (int, float)) and value == value:  # NaN (a diverged run) is no point
+                out.setdefault(r.dataset, {}).setdefault(line, {}).setdefault(row["step"], []).append(value)
+    return {d: {line: [(s, *mean_sem(v, scale=1.0)) for s, v in sorted(steps.items())] for line, steps in lines.items()}
+            for d, lines in out.items()}

@@ -144,9 +144,13 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
             for table in tables:
                 _paper_mtl(table, table.key.split("-", 1)[1])
         report.tables += tables
-    curve = figures.alignment(ablation.metric_series(dg)) if with_figures else None
-    if curve is not None:
-        report.figures.append(curve)
+    if with_figures:
+        held_out = ablation.spread_series([r for r in dg if len(r.test_envs) == 1], "env{test}_in_acc")
+        summaries = [t for t in report.tables if t.key.startswith("dg-") and t.key.endswith("-summary")]
+        for made in (figures.alignment(ablation.spread_series(dg, "target_alignment")),
+                     figures.accuracy_curves(held_out), *(figures.table1_bars(t) for t in summaries)):
+            if made is not None:
+                report.figures.append(made)
     terms = figures.theorem_terms({key: ablation.metric_series(runs, key, kinds=("dg", "mtl"))
                                    for key in DIAG_CURVES}) if with_figures else None
     if terms is not None:
