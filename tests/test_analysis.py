@@ -233,3 +233,21 @@ def test_diagnose_takes_a_run_id_prefix_and_a_sage_runs_own_noise_scale(quicksta
     assert json.loads(given.output.strip().splitlines()[-1])["curvature_term"] == 0
     wrong = CliRunner().invoke(app, ["diagnose", "zzzz", "--tracking-uri", uri])
     assert wrong.exit_code == 2 and "no run starting with 'zzzz'" in wrong.output
+
+
+def test_figure_2_has_colour_bars_every_trajectory_visible_and_boxed_labels(monkeypatch):
+    import sage_cli.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "png", lambda fig: drawn.append(fig) or b"")
+    landscape.figure(landscape.run(seed=0))
+    [fig] = drawn
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2 and {ax.get_ylabel() for ax in bars} == {"aggregate loss L̄", "agreement S(θ)"}
+    panel = fig.axes[0]
+    lines = {line.get_label().split(" →")[0]: line for line in panel.get_lines() if "→" in line.get_label()}
+    erm, sam = lines["ERM"], lines["SAM"]
+    assert erm.get_linestyle() == "--" and erm.get_linewidth() > sam.get_linewidth()  # ERM shows under SAM
+    assert erm.get_zorder() < sam.get_zorder()
+    boxed = [t for t in panel.texts if t.get_text() in ("A", "B")]
+    assert len(boxed) == 2 and all(t.get_bbox_patch() is not None for t in boxed)

@@ -312,3 +312,17 @@ def test_figures_show_the_data_unsmoothed_with_their_spread(tmp_path):
     assert [_compact(x) for x in ("ρ=0.0001", "γ=1e-06", "ρ=0.05")] == ["1e-4", "1e-6", "0.05"]
     for figure in figures.values():
         assert figure.png[:4] == b"\x89PNG"
+
+
+def test_rows_differing_only_in_case_are_named_in_a_note(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from report_fixtures import accs, add_run
+
+    uri = f"sqlite:///{tmp_path / 'case.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    for label in ("SAGE", "sage"):
+        add_run(client, exp, dataset="toy3", label=label, hparams=label, seed=0, test_envs=(0,),
+                rows=[(0, accs(.6, .5, out=(.7, .6)))])
+    notes = build(from_store(uri, experiments=["e"]), ["training"], with_figures=False).notes
+    assert any("rows 'SAGE' and 'sage' differ only in case" in n for n in notes), notes

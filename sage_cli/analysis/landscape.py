@@ -99,19 +99,24 @@ def figure(trajectories: list[Trajectory]) -> bytes:
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)
     loss = aggregate(grid)
     S = agreement(grid)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.0))
-    left.contourf(xs, ys, loss, levels=30, cmap="Greys_r")
-    right.pcolormesh(xs, ys, S, cmap="RdBu", vmin=-1, vmax=1, shading="auto")
-    colors = {"ERM": "grey", "SAM": "red"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.0))
+    shaded = left.contourf(xs, ys, loss, levels=30, cmap="Greys_r")
+    fig.colorbar(shaded, ax=left, label="aggregate loss L̄", shrink=0.85)
+    agree = right.pcolormesh(xs, ys, S, cmap="RdBu", vmin=-1, vmax=1, shading="auto")
+    fig.colorbar(agree, ax=right, label="agreement S(θ)", shrink=0.85)
+    # ERM and SAM take nearly the same path: ERM wide and dashed underneath, SAM thin on top, both visible
+    styles = {"ERM": dict(color="black", lw=2.6, ls="--", zorder=3), "SAM": dict(color="red", lw=1.0, zorder=4)}
     for ax in (left, right):
         for t in trajectories:
             px, py = zip(*t.points)
-            color = colors.get(t.label, "orange" if t.label.startswith("SGLD") else "blue")
-            ax.plot(px, py, color=color, lw=1.0, alpha=0.9, label=f"{t.label} → {t.basin()}")
-            ax.plot(*t.end, "o", color=color, ms=4)
-        ax.plot(*START, "*", color="gold", ms=12, mec="black")
+            style = styles.get(t.label, dict(color="orange" if t.label.startswith("SGLD") else "blue", lw=1.0,
+                                             zorder=2))
+            ax.plot(px, py, alpha=0.9, label=f"{t.label} → {t.basin()}", **style)
+            ax.plot(*t.end, "o", color=style["color"], ms=4, zorder=5)
+        ax.plot(*START, "*", color="gold", ms=12, mec="black", zorder=6)
         for name, c in (("A", A), ("B", B)):
-            ax.annotate(name, c, xytext=(c[0] + 0.08, c[1] - 0.25), fontsize=10, weight="bold")
+            ax.annotate(name, c, xytext=(c[0] + 0.1, c[1] - 0.35), fontsize=11, weight="bold", zorder=7,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="black", lw=0.6))
         ax.set_xlabel("θ₁")
         ax.set_aspect("equal")
     left.set_ylabel("θ₂")

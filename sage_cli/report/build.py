@@ -105,7 +105,7 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
     sweeps = sweeps or sorted({r.sweep for r in runs if r.sweep})
     report = Report(f"sage report · {source}" if source else "sage report")
     runs, split_notes = comparable.split(runs)  # runs trained or evaluated otherwise: tables of their own
-    report.notes += split_notes
+    report.notes += split_notes + comparable.label_clashes(runs)
     data: dict = {"dg": [], "mtl": [], "not_finished": [], "source": source,
                   "selections": selections, "runs": len(runs)}
     unstarted = unstarted_jobs(runs, sweeps)

@@ -48,3 +48,18 @@ def split(runs: list[Run]) -> tuple[list[Run], list[str]]:
         notes.append(f"{dataset}: runs differ in {', '.join(differ)}; reported in {len(by_sig)} groups of tables, "
                      f"not mixed (the largest keeps the name {dataset})")
     return [replace(r, dataset=renamed[r.run_id]) if r.run_id in renamed else r for r in runs], notes
+
+
+def label_clashes(runs: list[Run]) -> list[str]:
+    """Rows of one dataset whose labels differ only in case ("SAGE" from a sweep's methods, "sage" from a plain
+    run): they stay two rows, since either may be meant, and a note says how to make them one."""
+    notes = []
+    for dataset in dict.fromkeys(r.dataset for r in runs):
+        labels = sorted({r.label for r in runs if r.dataset == dataset})
+        folded: dict[str, list[str]] = defaultdict(list)
+        for label in labels:
+            folded[label.casefold()].append(label)
+        for same in (v for v in folded.values() if len(v) > 1):
+            notes.append(f"{dataset}: rows {' and '.join(repr(s) for s in same)} differ only in case and are kept "
+                         "apart; give the runs one tracking.label (or one methods: key) to make them one row")
+    return notes
