@@ -29,9 +29,10 @@ def child_runs(uri):
     return client, [r for r in all_runs if "sage.sweep_id" in r.data.tags and "sage.sweep_parent" not in r.data.tags]
 
 
-def start_sweep(cwd, *args):
-    """`sage ARGS` (a sweep) started in ``cwd`` without waiting: (process, tracking URI of its store)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(Path(cwd) / "sweeps")}
+def start_sweep(cwd, *args, env=None):
+    """`sage ARGS` (a sweep) started in ``cwd`` without waiting: (process, tracking URI of its store). ``env``
+    reaches the jobs too (the local launcher passes its environment on)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(Path(cwd) / "sweeps"), **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([sys.executable, "-m", "sage_cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

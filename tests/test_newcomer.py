@@ -29,7 +29,10 @@ def test_a_newcomers_sweep_from_first_run_to_a_compiled_report(tmp_path):
                    "  SAGE: {optimizer.method: sage}\n"
                    f"overrides: {json.dumps(SHORT)}\nseeds: [0, 1]\ntest_envs: [5]\n")
 
-    proc, uri = start_sweep(tmp_path, "sweep", str(exp), "--max-parallel", "1")
+    # each job waits 20 s after its first checkpoint: the cancel lands while one runs, however fast a 40-step
+    # job is (without it, a job could finish between being seen RUNNING and the cancel)
+    proc, uri = start_sweep(tmp_path, "sweep", str(exp), "--max-parallel", "1",
+                            env={"SAGE_PAUSE_AT": "checkpoint@0:20"})
     try:
         wait_for_running_job(tmp_path, uri)
         cancel = sage(["cancel", "study"], tmp_path)
