@@ -18,7 +18,7 @@ def job_statuses(state: SweepState) -> list[dict]:
         queue.update(launcher.states(jobs))
     from ..processes import recorded_alive
 
-    launcher_gone = (state.launcher or "local") == "local" and recorded_alive(state.launched_by) is False
+    launcher_gone = _local(state) and recorded_alive(state.launched_by) is False
     rows, dead = [], []
     for h, job in state.jobs.items():
         run = runs.get(h)
@@ -50,22 +50,21 @@ def job_statuses(state: SweepState) -> list[dict]:
         for row in rows:
             if row["run_id"] in {run_id for run_id, _ in dead}:
                 row["mlflow"] = "FAILED"
-    settle_parent(state, rows)
+    settle_parent(state, rows, launcher_gone)
     return rows
 
 
-def settle_parent(state: SweepState, rows: list[dict]) -> None:
+def settle_parent(state: SweepState, rows: list[dict], launcher_gone: bool) -> None:
     """End the sweep's parent MLflow run once nothing of the sweep runs or waits any more: SLURM sweeps (whose
-    launcher returns at once) and local sweeps whose launcher was killed outright (SIGKILL, a lost terminal)."""
+    launcher returns at once) and local sweeps whose launcher was killed outright (``launcher_gone``: SIGKILL,
+    a lost terminal)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from ..processes import recorded_alive
-
     if not state.parent_run_id:
         return
-    if (state.launcher or "local") == "local":
-        busy = recorded_alive(state.launched_by) is not False or any(r["scheduler_state"] == "running" for r in rows)
+    if _local(state):
+        busy = not launcher_gone or any(r["scheduler_state"] == "running" for r in rows)
     else:
         busy = any(r["status"] in ("queued", "running", "requeued") for r in rows)
     if busy:
@@ -81,11 +80,15 @@ def settle_parent(state: SweepState, rows: list[dict]) -> None:
         client.set_terminated(state.parent_run_id, "FINISHED")
         return
     counts = ", ".join(f"{words.count(w)} {w}" for w in sorted(set(words)) if w != "finished")
-    gone = "its launcher is gone and " if (state.launcher or "local") == "local" else ""
+    gone = "its launcher is gone and " if _local(state) else ""
     client.set_tag(state.parent_run_id, "sage.failure", f"{gone}no job runs any more ({counts}); run the sweep "
                                                         "again to finish it")
     client.set_terminated(state.parent_run_id, "KILLED" if "cancelled" in words and "failed" not in words
                           else "FAILED")
+
+
+def _local(state: SweepState) -> bool:
+    return (state.launcher or "local") == "local"
 
 
 def mark_dead(uri: str, dead: list[tuple[str, str]]) -> None:

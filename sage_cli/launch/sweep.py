@@ -109,8 +109,7 @@ def launch(plan: SweepPlan, launcher: str, max_parallel: int, console: Console) 
     killed outright, are ended by ``sage status`` once no job is left (``status.settle_parent``)."""
     from mlflow.tracking import MlflowClient
 
-    chosen = LAUNCHERS.get(launcher)()
-    chosen.check()  # no scheduler here: one line, and no sweep recorded
+    chosen = LAUNCHERS.get(launcher)()  # checked by the caller (``chosen.check()``) before planning
     state = record(plan, launcher)
     jobs = [state.jobs[j.hash] for j in plan.to_run]
     client = MlflowClient(tracking_uri=state.tracking_uri)

@@ -227,11 +227,11 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                     "records are now sent and it is FINISHED (nothing trained again)")
             return RunOutcome(meta["run_id"], uri, "FINISHED", line)
         meta = None
-    done = finished_run(client, experiment_id, recipe.hash()) if meta is None and not force else None
-    if done is not None:
-        line = (f"this recipe (identity {recipe.hash()}) already has a FINISHED run, {done}: not training it "
+    earlier = finished_run(client, experiment_id, recipe.hash()) if meta is None and not force else None
+    if earlier is not None:
+        line = (f"this recipe (identity {recipe.hash()}) already has a FINISHED run, {earlier}: not training it "
                 "again (--force trains a new run)")
-        return RunOutcome(done, uri, "FINISHED", line)
+        return RunOutcome(earlier, uri, "FINISHED", line)
     completing = bool(meta and meta.get("finished"))  # trained to the end, never recorded: record it now
     recover_dead_runs(client, experiment_id, recipe.hash(), meta.get("run_id") if meta else None)
     first_step = meta["step"] + 1 if meta else 0
