@@ -2,41 +2,23 @@
 optimizer methods, objectives and MTL aggregators, whose settings classes register themselves beside their
 definitions. Nothing here imports torch: recipes are checked without it.
 
-Adding a dataset or backbone is one module plus one entry here; a method, objective or aggregator is one
+Adding a dataset is its card (cards.py; a DomainBed-layout folder needs nothing else), a backbone one module plus
+one entry here; a method, objective or aggregator is one
 implementation module plus its settings class (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
+from .cards import CARDS, DatasetCard
 from .registry import Entry, Registry
 from .settings.aggregators import AGGREGATORS
 from .settings.methods import METHODS
 from .settings.objectives import OBJECTIVES
 
-__all__ = ["AGGREGATORS", "DATASETS", "METHODS", "MODELS", "OBJECTIVES", "PROTOCOLS", "dataset_kind"]
+__all__ = ["AGGREGATORS", "DATASETS", "METHODS", "MODELS", "OBJECTIVES", "PROTOCOLS", "card", "dataset_kind", "folder_cards"]
 
-IMAGE_BACKBONES = ("clip", "resnet50", "small_cnn")
-DENSE_BACKBONES = ("mtan", "mtan_narrow")
-
-
-def _domainbed(cls: str, envs: tuple[str, ...]) -> Entry:
-    return Entry(f"sage_cli.data.domainbed:{cls}", "dg", IMAGE_BACKBONES, envs)
-
-
-# Environments in DomainBed's order (sorted folder names): recipe checks need their count.
-DATASETS = Registry("dataset", {
-    "rotated_digits": Entry("sage_cli.data.digits:RotatedDigits", "dg", ("small_cnn",),
-                            ("0", "15", "30", "45", "60", "75"), in_memory=True),
-    "pacs": _domainbed("PACS", ("art_painting", "cartoon", "photo", "sketch")),
-    "vlcs": _domainbed("VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007")),
-    "officehome": _domainbed("OfficeHome", ("Art", "Clipart", "Product", "Real World")),
-    "terraincognita": _domainbed("TerraIncognita", ("location_100", "location_38", "location_43", "location_46")),
-    "domainnet": _domainbed("DomainNet", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")),
-    # multi-task benchmarks: an entry is a loader ``(dataset settings) -> MTLData``
-    "nyuv2": Entry("sage_cli.mtl.data:nyuv2", "mtl", DENSE_BACKBONES),
-    "cityscapes": Entry("sage_cli.mtl.data:cityscapes", "mtl", DENSE_BACKBONES),
-    "mtl_digits": Entry("sage_cli.mtl.data:mtl_digits", "mtl", ("digit_pairs_cnn",), in_memory=True),
-})
+# every dataset's card (cards.py), by name
+DATASETS = Registry("dataset", {card.name: card for card in CARDS})
 
 # DG backbones: ``(input_shape, n_classes, backbone settings, class names) -> Classifier``;
 # MTL ones: ``(tasks, n_classes, backbone settings) -> nn.Module``. ``settings``: the keys each one reads.
@@ -58,3 +40,18 @@ PROTOCOLS = Registry("protocol", {"dg": "sage_cli.train.dg:PROTOCOL", "mtl": "sa
 def dataset_kind(name: str) -> str:
     """``dg`` or ``mtl``."""
     return DATASETS.entry(name).kind
+
+
+def card(name: str) -> DatasetCard:
+    """A dataset's card (a registered ``Entry`` that is not one reads as a card with its envs and kind)."""
+    entry = DATASETS.entry(name)
+    if isinstance(entry, DatasetCard):
+        return entry
+    return DatasetCard(entry.target, entry.kind, entry.backbones, entry.envs, in_memory=entry.in_memory, name=name,
+                       layout="memory" if entry.in_memory else "custom")
+
+
+def folder_cards() -> list[DatasetCard]:
+    """The cards of the DomainBed-layout image folders, in report order."""
+    cards = [card(n) for n in DATASETS.names()]
+    return sorted((c for c in cards if c.folder), key=lambda c: (c.report_order, c.name))

@@ -117,6 +117,10 @@ def validate(
     flat, idle = resolved.flat(), sorted(resolved.idle())
     if idle:  # apart: they are neither logged with the run nor part of its identity
         typer.echo("# idle here (not read by this run): " + ", ".join(f"{k}={flat[k]}" for k in idle))
+    if resolved.kind == "dg":
+        from .protocols import describe
+
+        typer.echo("\n".join(f"# {line}" for line in describe(resolved)))
     typer.echo(f"# ok: {recipe} · hash {resolved.hash()}")
 
 
@@ -175,18 +179,17 @@ def datasets_prepare(
 ):
     """Build a dataset's evaluation cache (every image resized to --image-size, uint8) once, ahead of the runs
     that would otherwise build it at their first evaluation."""
-    from .data.domainbed import SPECS
+    from .catalog import DATASETS, card, folder_cards
     from .data.eval_cache import EvalCache
     from .data.pipeline import resolve_workers
 
     try:
-        if name not in SPECS:
-            raise UserError(f"'{name}' has no evaluation cache: image folders are {', '.join(sorted(SPECS))}")
+        folders = [c.name for c in folder_cards()]
+        if name not in folders:
+            raise UserError(f"'{name}' has no evaluation cache: image folders are {', '.join(folders)}")
         if workers != "auto" and not workers.isdigit():
             raise UserError(f"--workers '{workers}': auto or a count >= 0")
-        from .catalog import DATASETS
-
-        dataset = DATASETS.get(name)(root=str(root) if root else None, image_size=image_size)
+        dataset = DATASETS.get(name)(root=str(root) if root else None, image_size=image_size, card=card(name))
         cache = EvalCache(name, dataset, str(cache_dir) if cache_dir else None).plan()
         n = sum(len(env) for env in dataset.datasets)
         folder = cache.ensure(resolve_workers(workers if workers == "auto" else int(workers)), say=typer.echo)
@@ -393,7 +396,7 @@ def report(
     sweeps: Optional[List[str]] = typer.Argument(None, help="Sweep ids (or prefixes); none: every sweep."),
     experiment: Optional[List[str]] = typer.Option(None, "--experiment", help="MLflow experiment names instead."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Default: as for sage run."),
-    selection: str = typer.Option("training", "--selection", help="training | oracle | loo | all (DomainBed's)."),
+    selection: str = typer.Option("training", "--selection", help="training | oracle | loo (DomainBed's) | merged (DISAM's) | all."),
     fmt: str = typer.Option("text", "--format", help="text | md | latex | csv | json | html."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write every format, table CSV and figure here."),
     with_paper: bool = typer.Option(False, "--with-paper", help="The paper's rows beside ours, and its check."),
@@ -405,7 +408,7 @@ def report(
         from .report.selection import SELECTIONS
 
         if selection not in (*SELECTIONS, "all"):
-            raise UserError(f"--selection '{selection}': choose training, oracle, loo or all")
+            raise UserError(f"--selection '{selection}': choose training, oracle, loo, merged or all")
         if fmt not in FORMATS:
             raise UserError(f"--format '{fmt}': choose {', '.join(FORMATS)}")
         if out is not None and out.exists() and not out.is_dir():
@@ -428,7 +431,9 @@ def report(
         else:
             uri = absolute_uri(resolve_tracking_uri(tracking_uri))
             runs, source = from_store(uri, sweeps, experiment), uri
-        chosen = list(SELECTIONS) if selection == "all" else [selection]
+        # all: DomainBed's three, and DISAM's merged source validation where some run logged what it reads
+        merged = any("merged_out_acc" in row for r in runs for row in r.rows)
+        chosen = [s for s in SELECTIONS if s != "merged" or merged] if selection == "all" else [selection]
         result = build(runs, chosen, with_paper, sweeps, source, with_figures=out is not None or fmt == "html")
         if out is not None:
             written = write(result, out, with_paper)

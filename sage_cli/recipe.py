@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -19,11 +19,14 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from .catalog import AGGREGATORS, DATASETS, METHODS, MODELS, OBJECTIVES
 from .errors import UserError
+from .protocols import DEFAULT as DEFAULT_PROTOCOL
+from .protocols import apply_preset
 from .registry import Registry, did_you_mean
 from .sections import (  # the plain sections, re-exported: the recipe's own schema
     DATASET_NOT_IDENTITY,
@@ -69,6 +72,7 @@ def parse_value(text: str) -> Any:
 
 class Recipe(Section):
     name: str | None = None
+    protocol: Literal["domainbed", "disam"] = "domainbed"  # a preset of the DG settings that are not the method
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     objective: SerializeAsAny[Objective] = Field(default_factory=lambda: OBJECTIVES.get("erm")())
@@ -115,6 +119,15 @@ class Recipe(Section):
     def _pick_method(cls, value, handler, info: ValidationInfo):
         return _choose(METHODS, "sage", value, handler, info)
 
+    @model_validator(mode="after")
+    def _protocol(self):
+        if self.protocol != DEFAULT_PROTOCOL:
+            if self.kind == "mtl":
+                _misfit("protocol", self.protocol, f"protocol '{self.protocol}' is a DG protocol; "
+                                                   f"{self.dataset.name} is {KIND_NAMES['mtl']}")
+            apply_preset(self)
+        return self
+
     # ------------------------------------------------------------------ identity and views
     @property
     def kind(self) -> str:
@@ -125,13 +138,15 @@ class Recipe(Section):
         """What acts on the run, and differs from its default (see the README's "Run identity")."""
         kind = self.kind
         dataset_skip = (*DATASET_NOT_IDENTITY, *(DG_ONLY_DATASET if kind == "mtl" else ()))
-        other = TRAINING_ONLY["mtl" if kind == "dg" else "dg"]
+        other = self._training_idle()
         ident = {
             "dataset": {"name": self.dataset.name, **non_defaults(self.dataset, exclude=("name", *dataset_skip))},
             "backbone": self.backbone.identity(),
             "optimizer": self.optimizer.identity(),
             "training": non_defaults(self.training, exclude=(*TRAINING_NOT_IDENTITY, *other)),
         }
+        if self.protocol != DEFAULT_PROTOCOL:
+            ident["protocol"] = self.protocol
         if kind == "dg":
             ident["objective"] = self.objective.identity()
         else:
@@ -175,7 +190,7 @@ class Recipe(Section):
         training and dataset settings of the other kind of dataset (MTL epochs on a DG run), the section of the
         other kind (a DG run's aggregator, an MTL run's objective), backbone settings the backbone does not read."""
         kind, flat = self.kind, self.flat()
-        idle = {f"training.{k}" for k in TRAINING_ONLY["mtl" if kind == "dg" else "dg"]}
+        idle = {f"training.{k}" for k in self._training_idle()}
         idle |= {f"dataset.{k}" for k in DG_ONLY_DATASET} if kind == "mtl" else set()
         other = "aggregator" if kind == "dg" else "objective"
         idle |= {k for k in flat if k == other or k.startswith(other + ".")}
@@ -187,6 +202,15 @@ class Recipe(Section):
         idle |= {k for k in flat if k.startswith("backbone.") and k != "backbone.name"
                  and k.split(".", 1)[1].split(".")[0] not in reads}
         return idle & set(flat)
+
+    def _training_idle(self) -> set[str]:
+        """Training settings that do not act: the other kind of dataset's; and a DG run counted in epochs reads
+        training.epochs (an MTL setting otherwise) and evaluates after each, so its steps and checkpoint period
+        do not act."""
+        idle = set(TRAINING_ONLY["mtl" if self.kind == "dg" else "dg"])
+        if self.kind == "dg" and self.training.unit == "epochs":
+            idle = (idle - {"epochs"}) | {"steps", "checkpoint_freq"}
+        return idle
 
     def acting(self) -> dict[str, Any]:
         """``flat()`` without the idle keys: the params a run logs."""

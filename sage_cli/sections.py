@@ -19,6 +19,12 @@ class DatasetConfig(Section):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)  # DG only
     image_size: int = Field(224, gt=0)  # image datasets on disk
     corrupt_images: Literal["fail", "skip"] = "fail"
+    # the protocol's data settings (protocols.py presets them): holdout = a seeded holdout_fraction of each env
+    # for validation; official = the dataset's official train/validation split files (its card's), where it has
+    # them, else the seeded holdout. Transforms: see data/domainbed.py build_transforms
+    split: Literal["holdout", "official"] = "holdout"
+    train_transform: Literal["domainbed", "disam"] = "domainbed"
+    eval_transform: Literal["resize", "center_crop"] = "resize"
     # how images are loaded, never what they are (not part of a run's identity): worker processes that decode
     # training batches ahead of the step (auto: the CPUs this process may use, minus one; 0: in the training
     # process), and evaluation from a uint8 cache of the resized images (see data/eval_cache.py)
@@ -59,7 +65,8 @@ class DatasetConfig(Section):
         return dataset_kind(self.name)
 
 
-DG_ONLY_DATASET = ("test_envs", "holdout_fraction", "image_size", "corrupt_images")
+DG_ONLY_DATASET = ("test_envs", "holdout_fraction", "image_size", "corrupt_images", "split", "train_transform",
+                   "eval_transform")
 DATASET_NOT_IDENTITY = ("workers", "eval_cache", "cache_dir")
 
 
@@ -96,9 +103,17 @@ class TrainingConfig(Section):
     deterministic: bool = False
     # per_env: batch_size from every training env each step (DomainBed); uniform: batch_size in all, each
     # image's env drawn uniformly (the paper's "batch 12 sampled uniformly across source domains")
-    batch_sampling: Literal["per_env", "uniform"] = "per_env"
+    # concat: batch_size from one shuffled concatenation of the training envs' images, without replacement within
+    # an epoch, the last partial batch dropped (DISAM's DataLoader over a ConcatDataset)
+    batch_sampling: Literal["per_env", "uniform", "concat"] = "per_env"
+    # DG length: steps (training.steps, evaluated every checkpoint_freq steps) or epochs (training.epochs passes
+    # over the training images, evaluated after each); which checkpoint a run's own summary selects, and on
+    # which part of the test env it is judged (in: its in split, as DomainBed; all: every image of it)
+    unit: Literal["steps", "epochs"] = "steps"
+    selection: Literal["training_domain", "merged_source", "oracle"] = "training_domain"
+    test_split: Literal["in", "all"] = "in"
     output_dir: str = "runs"  # checkpoints for resume: <output_dir>/<recipe hash>/
-    epochs: int = Field(200, gt=0)  # MTL: epochs, and the StepLR schedule
+    epochs: int = Field(200, gt=0)  # MTL: epochs, and the StepLR schedule; DG: with unit: epochs
     lr_step_epochs: int = Field(100, gt=0)
     lr_gamma: float = Field(0.5, gt=0)
     report_epochs: int = Field(10, gt=0)  # MTL results are the mean over the last N epochs (the references': 10)
@@ -111,7 +126,7 @@ class TrainingConfig(Section):
 
 
 # what acts only on one kind of dataset (left out of the other kind's identity); where it runs never acts
-TRAINING_ONLY = {"dg": ("steps", "checkpoint_freq", "batch_sampling"),
+TRAINING_ONLY = {"dg": ("steps", "checkpoint_freq", "batch_sampling", "unit", "selection", "test_split"),
                  "mtl": ("epochs", "lr_step_epochs", "lr_gamma", "report_epochs")}
 TRAINING_NOT_IDENTITY = ("device", "output_dir", "deterministic")
 

@@ -17,7 +17,7 @@ from fixtures import make_tree
 from mtl_fixtures import make_dense
 from PIL import Image
 
-from sage_cli.data.domainbed import SPECS
+from sage_cli.catalog import card
 
 
 def _zip(folder: Path, archive: Path) -> None:
@@ -36,7 +36,7 @@ def _zip_contents(folder: Path, archive: Path) -> None:
 def _renamed_tree(work: Path, name: str, inner: str) -> Path:
     make_tree(work / "t", name, classes=("dog", "house"), per_class=2, size=16)
     target = work / inner
-    (work / "t" / SPECS[name].directory).rename(target)
+    (work / "t" / card(name).directory).rename(target)
     return target
 
 
@@ -58,7 +58,7 @@ def build_archives(out: Path) -> dict[str, list[str]]:
     # DomainNet: one zip per domain, each holding <domain>/<class>/
     dn = _renamed_tree(work / "domainnet", "domainnet", "dn")
     names["domainnet"] = []
-    for env in SPECS["domainnet"].envs:
+    for env in card("domainnet").envs:
         _zip(dn / env, out / f"{env}.zip")
         names["domainnet"].append(f"{env}.zip")
     # Caltech Camera Traps: flat images + one JSON of images, annotations, categories

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sage_cli.data.domainbed import SPECS
+from sage_cli.catalog import card, folder_cards
 
 
 def make_tree(root: Path, name: str, classes=("dog", "giraffe", "house"), per_class=4, size=24, seed=0) -> Path:
-    spec = SPECS[name]
+    spec = card(name)
     rng = np.random.default_rng(seed)
     base = root / spec.directory
     for e, env in enumerate(spec.envs):
@@ -24,6 +24,6 @@ def make_tree(root: Path, name: str, classes=("dog", "giraffe", "house"), per_cl
 
 
 def make_all(root: Path) -> Path:
-    for name in SPECS:
+    for name in [c.name for c in folder_cards()]:
         make_tree(root, name)
     return root

@@ -5,13 +5,14 @@ import torch
 from fixtures import make_all, make_tree
 from typer.testing import CliRunner
 
+from sage_cli.catalog import card, folder_cards
 from sage_cli.cli import app
-from sage_cli.data.domainbed import SPECS
 from sage_cli.errors import UserError
 from sage_cli.recipe import load_recipe
 from sage_cli.train.dg import load_dg_data, train_dg
 
 QUICKSTART = "recipes/quickstart.yaml"
+FOLDERS = [c.name for c in folder_cards()]
 
 
 def _recipe(name, root, **extra):
@@ -29,11 +30,11 @@ def root(tmp_path_factory):
 def test_datasets_command_lists_all_five_layouts(root):
     result = CliRunner().invoke(app, ["datasets", "--root", str(root)])
     assert result.exit_code == 0, result.output
-    for name in SPECS:
+    for name in FOLDERS:
         assert name in result.output
     assert "officehome: Art 12 · Clipart 12 · Product 12 · Real World 12" in result.output  # env with a space
     assert result.output.count(" ok ") == 5
-    assert not [line for line in result.output.splitlines() if "not found" in line and line.split(":")[0] in SPECS]
+    assert not [line for line in result.output.splitlines() if "not found" in line and line.split(":")[0] in FOLDERS]
     assert f"nyuv2: not found; fetch it with: sage datasets download nyuv2 --root {root}" in result.output
 
 
@@ -45,12 +46,12 @@ def test_datasets_command_needs_a_root(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", FOLDERS)
 def test_three_step_run_on_each_layout(root, name, tmp_path):
     recipe = _recipe(name, root, **{"training.output_dir": str(tmp_path)})
     data = load_dg_data(recipe)
-    assert data.env_names == list(SPECS[name].envs) and data.classes == ["dog", "giraffe", "house"]
-    assert sum(len(s["in"]) + len(s["out"]) for s in data.splits) == 12 * len(SPECS[name].envs)
+    assert data.env_names == list(card(name).envs) and data.classes == ["dog", "giraffe", "house"]
+    assert sum(len(s["in"]) + len(s["out"]) for s in data.splits) == 12 * len(card(name).envs)
     result = train_dg(recipe, data=data)
     assert [c.step for c in result.history] == [0, 2]
     assert all(-1 <= c.metrics["target_alignment"] <= 1 for c in result.history)
@@ -136,7 +137,7 @@ def test_augmentation_is_seeded_per_item(root):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", FOLDERS)
 def test_shipped_recipe_runs_three_steps_through_the_cli(root, name, tmp_path, monkeypatch):
     """The paper's recipe for each dataset, with a tiny ViT instead of ViT-B/16 (no weights offline)."""
     from pathlib import Path

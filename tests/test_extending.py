@@ -152,6 +152,43 @@ def test_a_dataset_registered_from_outside_trains(registered, tmp_path):
         load_recipe(QUICKSTART, {"dataset.name": "toy_blobs", "dataset.test_envs": [3]})
 
 
+def test_a_domainbed_layout_dataset_is_added_from_its_card_alone(tmp_path):
+    """A folder dataset needs nothing but its card: loading, splits, `sage datasets`, the evaluation cache, the
+    official split files and the reports' order all read it."""
+    from fixtures import make_tree
+    from typer.testing import CliRunner
+
+    from sage_cli.cards import folder_card
+    from sage_cli.cli import app
+    from sage_cli.report.dg import dataset_order
+    from sage_cli.train.dg import train_dg
+
+    card = folder_card("toy_folder", "ToyFolder", "", ("north", "south", "west"), 3, order=2,
+                       split_files="lists/{env}_{part}.txt", split_parts=("train", "val"))
+    DATASETS.register(card, name="toy_folder")
+    try:
+        base = make_tree(tmp_path / "data", "toy_folder", per_class=4)
+        (base / "lists").mkdir()
+        for env in card.envs:  # the official split: per class, image 3 for validation
+            lines = {part: [f"{env}/{c}/{f.name} {k + 1}" for k, c in enumerate(("dog", "giraffe", "house"))
+                            for i, f in enumerate(sorted((base / env / c).iterdir())) if (i == 3) == (part == "val")]
+                     for part in ("train", "val")}
+            for part, listed in lines.items():
+                (base / "lists" / f"{env}_{part}.txt").write_text("\n".join(listed))
+        recipe = load_recipe(QUICKSTART, {**FAST, "dataset.name": "toy_folder", "dataset.root": str(tmp_path / "data"),
+                                          "dataset.image_size": 16, "dataset.test_envs": [1], "dataset.split": "official",
+                                          "training.output_dir": str(tmp_path / "runs")})
+        result = train_dg(recipe)
+        assert result.data.env_names == ["north", "south", "west"] and result.data.classes == ["dog", "giraffe", "house"]
+        assert [(len(s["in"]), len(s["out"])) for s in result.data.splits] == [(9, 3)] * 3
+        assert "env1_in_acc" in result.history[-1].metrics
+        listing = CliRunner().invoke(app, ["datasets", "--root", str(tmp_path / "data")])
+        assert "toy_folder: north 12 · south 12 · west 12" in listing.output
+        assert dataset_order(["toy_folder", "vlcs", "pacs"]) == ["pacs", "toy_folder", "vlcs"]
+    finally:
+        DATASETS.unregister("toy_folder")
+
+
 def test_a_report_table_registered_from_outside_is_in_every_format(tmp_path):
     from report_fixtures import synthetic_store
 

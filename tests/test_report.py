@@ -166,7 +166,11 @@ def test_with_paper_puts_the_papers_rows_beside_ours(store):
     nyu = next(t for t in report.tables if t.key == "mtl-nyuv2")
     paper_rows = dict(nyu.paper)
     assert paper_rows["SAGE-LS"][0].mean == 39.67 and paper_rows["LS"][-1].mean == 5.59
-    assert any(n.startswith("paper check: Table 1, FISH Avg") for n in report.notes)
+    # the check names the protocol the paper's source states for each Table 1 row
+    fish = next(n for n in report.notes if n.startswith("paper check: Table 1, FISH"))
+    assert "[from the BOA paper [34]: CLIP ViT-B/16, VPT (prompts and head trained), test-domain (oracle) " \
+           "selection] Avg: stated 75" in fish
+    assert paper.table1_protocol("SAGE").startswith("the paper's App. E: CLIP ViT-B/16, full fine-tuning")
 
 
 def test_export_to_domainbed_and_back_gives_the_same_cells(store, tmp_path):
@@ -280,6 +284,46 @@ def test_runs_trained_otherwise_are_not_mixed_into_one_table(tmp_path):
     summary = next(t for t in result.tables if t.key == "dg-training-summary")
     assert summary.columns == ["toy3", "Avg"]  # a split-off group is not averaged in
     assert any("toy3: runs differ in training.steps; reported in 2 groups" in n for n in result.notes)
+
+
+def test_runs_of_two_protocols_are_never_ranked_together(tmp_path):
+    """DomainBed-protocol runs and DISAM-protocol runs of one dataset: separate tables, each stating its protocol;
+    the DISAM group is judged on all the test env's images and has its merged-source selection."""
+    from mlflow.tracking import MlflowClient
+    from report_fixtures import accs, add_run
+
+    uri = f"sqlite:///{tmp_path / 'protocols.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("protocols")
+    disam = {"protocol": "disam", "dataset.split": "official", "dataset.train_transform": "disam",
+             "dataset.eval_transform": "center_crop", "training.batch_sampling": "concat", "training.unit": "epochs",
+             "training.selection": "merged_source", "training.test_split": "all", "training.epochs": 20}
+    for seed in (0, 1):
+        add_run(client, exp, dataset="toy3", label="sage", hparams="db", seed=seed, test_envs=(0,),
+                rows=[(0, accs(.9, .5, out=(.7, .6)))], params={"protocol": "domainbed"})
+        add_run(client, exp, dataset="toy3", label="erm", hparams="db-erm", seed=seed, test_envs=(0,),
+                rows=[(0, accs(.8, .5, out=(.7, .6)))])  # logged before protocols existed: DomainBed's
+        rows = [(5, {**accs(.2, .2, out=(.7, .6)), "merged_out_acc": .95, "env0_all_acc": .3}),
+                (11, {**accs(.1, .1, out=(.9, .9)), "merged_out_acc": .9, "env0_all_acc": .4})]
+        add_run(client, exp, dataset="toy3", label="sage", hparams="dm", seed=seed, test_envs=(0,), rows=rows,
+                params=disam)
+    result = build(from_store(uri, experiments=["protocols"]), ["training", "merged"], with_figures=False)
+    by_key = {t.key: t for t in result.tables}
+    plain, split = by_key["dg-training-toy3"], by_key["dg-training-toy3-protocol-disam"]
+    assert split.title == "toy3 [protocol=disam] · model selection: training-domain validation"
+    assert sorted(dict(plain.rows)) == ["erm", "sage"]
+    assert all(c.mean is None for c in dict(split.rows)["erm"])  # no DISAM-protocol ERM run: no value there
+    assert dict(plain.rows)["sage"][0].mean == pytest.approx(90.0)  # DomainBed's runs alone: the test env's in split
+    assert "protocol domainbed · tuning full · test env: its in split · model selection: training-domain " \
+           "validation" in plain.notes
+    assert "protocol disam · tuning full · test env: all its images · model selection: training-domain " \
+           "validation" in split.notes
+    assert dict(split.rows)["sage"][0].mean == pytest.approx(40.0)  # step 11: best mean out accuracy; all images
+    merged = by_key["dg-merged-toy3-protocol-disam"]
+    assert dict(merged.rows)["sage"][0].mean == pytest.approx(30.0)  # step 5: the best merged accuracy
+    assert all(c.mean is None for _, cells in by_key["dg-merged-toy3"].rows for c in cells[:-1])  # not logged
+    assert by_key["dg-training-summary"].columns == ["toy3", "Avg"]  # the DISAM group is not averaged in
+    assert any("toy3: runs differ in" in n and "protocol" in n for n in result.notes)
 
 
 def test_figures_show_the_data_unsmoothed_with_their_spread(tmp_path):

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..catalog import DATASETS
+from ..catalog import card
 from .splits import TensorEnv
 
 SIZE = 16
@@ -27,7 +27,7 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 
 class RotatedDigits:
-    ENVIRONMENTS = list(DATASETS.entry("rotated_digits").envs)
+    ENVIRONMENTS = list(card("rotated_digits").envs)  # rotation angles
     N_CLASSES = 10
     INPUT_SHAPE = (1, SIZE, SIZE)
 

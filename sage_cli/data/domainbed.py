@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..catalog import DATASETS
 from ..errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
@@ -119,20 +118,27 @@ def normalization_for(name: str) -> Normalize:
     return Normalize(*((CLIP_MEAN, CLIP_STD) if name == "clip" else (IMAGENET_MEAN, IMAGENET_STD)))
 
 
-def build_transforms(image_size: int):
-    """(training augmentation, evaluation resize), both PIL image → uint8 (3, H, W); normalisation comes later,
-    on the device (``Normalize``). DomainBed's augmentation (facebookresearch/DomainBed, datasets.py)."""
+def build_transforms(image_size: int, train: str = "domainbed", evaluate: str = "resize"):
+    """(training augmentation, evaluation transform), both PIL image → uint8 (3, H, W); normalisation comes later,
+    on the device (``Normalize``). ``train``: ``domainbed`` (facebookresearch/DomainBed ``domainbed/datasets.py``:
+    RandomResizedCrop(scale 0.7–1, bilinear), flip, ColorJitter 0.3, RandomGrayscale) or ``disam``
+    (MediaBrain-SJTU/DISAM ``code/configs/default.py`` ``default_transform_train``: bicubic crop, ColorJitter 0.4).
+    ``evaluate``: ``resize`` (DomainBed: Resize((S, S))) or ``center_crop`` (DISAM's ``default_transform_test``:
+    bicubic Resize(S) of the short side, CenterCrop(S))."""
     from torchvision import transforms as T
 
-    train = T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.7, 1.0)),
+    bicubic = T.InterpolationMode.BICUBIC
+    jitter, crop = {"domainbed": (0.3, {}), "disam": (0.4, {"interpolation": bicubic})}[train]
+    augment = T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.7, 1.0), **crop),
         T.RandomHorizontalFlip(),
-        T.ColorJitter(0.3, 0.3, 0.3, 0.3),
+        T.ColorJitter(jitter, jitter, jitter, jitter),
         T.RandomGrayscale(),
         T.PILToTensor(),
     ])
-    evaluate = T.Compose([T.Resize((image_size, image_size)), T.PILToTensor()])
-    return train, evaluate
+    resize = ([T.Resize((image_size, image_size))] if evaluate == "resize"
+              else [T.Resize(image_size, interpolation=bicubic), T.CenterCrop(image_size)])
+    return augment, T.Compose([*resize, T.PILToTensor()])
 
 
 class FolderEnv:
@@ -200,47 +206,57 @@ class FolderEnv:
         return x, self.labels[torch.as_tensor(index)]
 
 
-@dataclass(frozen=True)
-class FolderSpec:
-    directory: str
-    envs: tuple[str, ...]
-    n_classes: int
+def read_official_split(card, base: Path, samples: list[list[tuple[Path, int]]]) -> list[tuple[list[int], list[int]]]:
+    """Per env, (train indices, validation indices) into ``samples`` from the card's official split files
+    (``card.split_files``; lines ``<env>/<class>/<file> <1-based label>``). Every listed image must be on disk
+    with the label its class folder gives; a missing file or image is a one-line error."""
+    if not card.split_files:
+        raise UserError(f"{card.name} has no official split files; use dataset.split: holdout")
+    out = []
+    for env, env_samples in zip(card.envs, samples):
+        index = {p.relative_to(base).as_posix(): i for i, (p, _) in enumerate(env_samples)}
+        parts = []
+        for part in card.split_parts:
+            path = base / card.split_files.format(env=env, part=part)
+            if not path.is_file():
+                raise UserError(f"{card.name}: dataset.split: official needs the split file {path} (the dataset "
+                                "authors' train/crossval lists; PACS's are in DISAM's code/data/PACS_split_txt.zip)")
+            chosen = []
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                rel, _, label = line.strip().rpartition(" ")
+                i = index.get(rel)
+                if i is None or not label.isdigit() or env_samples[i][1] != int(label) - 1:
+                    what = "is not on disk" if i is None else f"has label {label}, its folder says {env_samples[i][1] + 1}"
+                    raise UserError(f"{path}:{n}: {rel} {what}")
+                chosen.append(i)
+            parts.append(chosen)
+        out.append((parts[0], parts[1]))
+    return out
 
 
-SPECS = {  # folder under the data root, envs (the catalog's), DomainBed's class count
-    name: FolderSpec(directory, DATASETS.entry(name).envs, n_classes)
-    for name, directory, n_classes in [("pacs", "PACS", 7), ("vlcs", "VLCS", 5), ("officehome", "office_home", 65),
-                                       ("terraincognita", "terra_incognita", 10), ("domainnet", "domain_net", 345)]
-}
+class FolderDataset:
+    """One DomainBed-layout folder, as its card describes it: ``.datasets`` (a ``FolderEnv`` per env, in the
+    card's order), ``.classes``, ``.input_shape``, and ``.official`` (the official train/validation indices
+    per env, when asked for with ``official_split=True``)."""
 
+    INPUT_SHAPE = (3, 224, 224)
 
-def folder_dataset(name: str):
-    """The dataset class for one DomainBed layout."""
-    spec = SPECS[name]
-
-    class FolderDataset:
-        ENVIRONMENTS = list(spec.envs)
-        N_CLASSES = spec.n_classes
-        INPUT_SHAPE = (3, 224, 224)
-
-        def __init__(self, root=None, image_size: int = 224, normalization: str = "imagenet",
-                     corrupt_images: str = "fail"):
-            base = data_root(root) / spec.directory
-            if not base.is_dir():
-                raise UserError(f"{name}: expected the DomainBed folder {base} (envs {', '.join(spec.envs)})")
-            found = scan(base, list(spec.envs))
-            if found.problems:
-                raise UserError(f"{name}: {found.problems[0]}"
-                                + (f" (and {len(found.problems) - 1} more problems)" if len(found.problems) > 1 else ""))
-            self.classes = found.classes
-            self.input_shape = (3, image_size, image_size)
-            self.base, self.image_size = base, image_size
-            transforms, normalize = build_transforms(image_size), normalization_for(normalization)
-            self.datasets = [FolderEnv(s, transforms, normalize, corrupt_images) for s in found.samples]
-
-    FolderDataset.__name__ = FolderDataset.__qualname__ = f"{spec.directory}Dataset"
-    return FolderDataset
-
-
-PACS, VLCS, OfficeHome = folder_dataset("pacs"), folder_dataset("vlcs"), folder_dataset("officehome")
-TerraIncognita, DomainNet = folder_dataset("terraincognita"), folder_dataset("domainnet")
+    def __init__(self, root=None, image_size: int = 224, normalization: str = "imagenet",
+                 corrupt_images: str = "fail", *, card, train_transform: str = "domainbed",
+                 eval_transform: str = "resize", official_split: bool = False):
+        base = data_root(root) / card.directory
+        if not base.is_dir():
+            raise UserError(f"{card.name}: expected the DomainBed folder {base} (envs {', '.join(card.envs)})")
+        found = scan(base, list(card.envs))
+        if found.problems:
+            raise UserError(f"{card.name}: {found.problems[0]}"
+                            + (f" (and {len(found.problems) - 1} more problems)" if len(found.problems) > 1 else ""))
+        self.card, self.classes = card, found.classes
+        self.input_shape = (3, image_size, image_size)
+        self.base, self.image_size, self.eval_transform = base, image_size, eval_transform
+        transforms = build_transforms(image_size, train_transform, eval_transform)
+        normalize = normalization_for(normalization)
+        self.datasets = [FolderEnv(s, transforms, normalize, corrupt_images) for s in found.samples]
+        self.official = read_official_split(card, base, found.samples) if official_split else None

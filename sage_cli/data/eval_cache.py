@@ -130,7 +130,10 @@ class EvalCache:
 
     def __init__(self, name: str, dataset, cache_dir: str | None):
         self.envs, self.image_size = dataset.datasets, dataset.image_size
-        self.folder = folder_for(name, dataset.image_size, self.envs, dataset.base, cache_dir)
+        # another evaluation transform gives other pixels: a cache of its own (DomainBed's resize keeps the name)
+        transform = getattr(dataset, "eval_transform", "resize")
+        tagged = name if transform == "resize" else f"{name}-{transform.replace('_', '')}"
+        self.folder = folder_for(tagged, dataset.image_size, self.envs, dataset.base, cache_dir)
 
     @property
     def built(self) -> bool:

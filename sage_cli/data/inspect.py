@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .domainbed import SPECS, scan, verify_images
+from ..catalog import folder_cards
+from .domainbed import scan, verify_images
 from .layouts import DENSE, SPLITS, check_split
 
 
@@ -28,7 +29,8 @@ class DatasetReport:
 def inspect_root(root: Path, verify: bool = False, names=None) -> list[DatasetReport]:
     """One report per dataset (those in ``names``, or all)."""
     reports = []
-    for name, spec in SPECS.items():
+    for spec in folder_cards():
+        name = spec.name
         if names is not None and name not in names:
             continue
         base = root / spec.directory

@@ -86,9 +86,9 @@ class Source:
 
 
 def _dg(name: str, archives, size_gb: float, arrange=move_folder) -> Source:
-    from .domainbed import SPECS
+    from ..catalog import card
 
-    return Source(SPECS[name].directory, SPECS[name].envs, tuple(archives), size_gb, arrange)
+    return Source(card(name).directory, card(name).envs, tuple(archives), size_gb, arrange)
 
 
 VISDA = "http://csr.bu.edu/ftp/visda/2019/multi-source/"

@@ -91,3 +91,49 @@ class InfiniteSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class ConcatSampler:
+    """Batches from one shuffled concatenation of several splits (DISAM's DataLoader over a ConcatDataset of the
+    source domains, ``shuffle=True, drop_last=True``): each epoch a permutation of its own (seeded by the epoch),
+    ``batch_size`` images at a time without replacement, the last partial batch dropped. Its state is two
+    integers (epoch, position), so a resumed run draws what an uninterrupted one would."""
+
+    def __init__(self, splits: list[Split], batch_size: int, seed: int):
+        self.splits, self.batch_size, self.seed = splits, batch_size, seed
+        self.offsets = torch.tensor([0, *torch.tensor([len(s) for s in splits]).cumsum(0).tolist()])
+        self.total = int(self.offsets[-1])
+        self.epoch = self.position = 0
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.total // self.batch_size
+
+    def _order(self) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != self.epoch:
+            generator = torch.Generator().manual_seed(seed_hash(self.seed, "epoch", self.epoch))
+            self._perm = (self.epoch, torch.randperm(self.total, generator=generator))
+        return self._perm[1]
+
+    def draw(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(split number, env indices, augmentation seeds) of each split that has images in the next batch."""
+        if self.position + self.batch_size > self.total:
+            self.epoch, self.position = self.epoch + 1, 0
+        chosen = self._order()[self.position:self.position + self.batch_size]
+        generator = torch.Generator().manual_seed(seed_hash(self.seed, "augment", self.epoch, self.position))
+        seeds = torch.randint(2**31 - 1, (len(chosen),), generator=generator)
+        self.position += self.batch_size
+        which = torch.bucketize(chosen, self.offsets[1:], right=True)
+        out = []
+        for k, split in enumerate(self.splits):
+            mask = which == k
+            if mask.any():
+                out.append((k, split.indices[chosen[mask] - self.offsets[k]], seeds[mask]))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

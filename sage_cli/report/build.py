@@ -89,6 +89,7 @@ def _paper_dg(table: Table, datasets: list[str]) -> None:
         if any(v is not None for v in values):
             avg = paper.table1_value(label, "avg") if complete else None
             table.paper.append((label, [Cell(v, None, 1) for v in values] + [Cell(avg, None, 1)]))
+            table.notes.append(f"paper's {label}: {paper.table1_protocol(label)}")
 
 
 def _paper_mtl(table: Table, dataset: str) -> None:

@@ -12,15 +12,34 @@ from dataclasses import replace
 
 from .runs import Run
 
-PROTOCOL = ("training.", "dataset.", "backbone.")
+PROTOCOL = ("protocol", "training.", "dataset.", "backbone.")
 # where a run ran, and the keys a table is laid out by: never a reason to split
 NOT_PROTOCOL = {"training.seed", "training.output_dir", "training.device", "training.deterministic",
                 "dataset.name", "dataset.test_envs", "dataset.root", "dataset.cache_dir", "dataset.workers",
                 "dataset.eval_cache"}
 
 
+def _defaults() -> dict[str, str]:
+    """The default protocol's settings as params: a run logged before they existed ran them."""
+    from ..protocols import DEFAULT, PRESETS
+
+    return {"protocol": DEFAULT, **{k: str(s.value) for k, s in PRESETS[DEFAULT].items()}}
+
+
 def signature(run: Run) -> tuple:
-    return tuple(sorted((k, v) for k, v in run.params.items() if k.startswith(PROTOCOL) and k not in NOT_PROTOCOL))
+    params = {**_defaults(), **run.params} if run.kind == "dg" else run.params
+    return tuple(sorted((k, v) for k, v in params.items() if k.startswith(PROTOCOL) and k not in NOT_PROTOCOL))
+
+
+def _differing_name(differ: list[str], sig: tuple) -> str:
+    """``protocol=disam`` when the protocols differ (the settings it presets follow from it), else every key."""
+    values = dict(sig)
+    if "protocol" in differ:
+        from ..protocols import PRESETS
+
+        preset = set(PRESETS[values.get("protocol", "domainbed")]) if values.get("protocol") in PRESETS else set()
+        differ = ["protocol", *(k for k in differ if k != "protocol" and k not in preset and k != "training.epochs")]
+    return ", ".join(f"{k}={values.get(k, chr(8212))}" for k in differ)
 
 
 def base_dataset(name: str) -> str:
@@ -43,7 +62,7 @@ def split(runs: list[Run]) -> tuple[list[Run], list[str]]:
         keys = sorted({k for sig in by_sig for k, _ in sig})
         differ = [k for k in keys if len({dict(sig).get(k) for sig in by_sig}) > 1]
         for sig, members in ordered[1:]:
-            name = f"{dataset} [{', '.join(f'{k}={dict(sig).get(k, chr(8212))}' for k in differ)}]"
+            name = f"{dataset} [{_differing_name(differ, sig)}]"
             renamed.update({r.run_id: name for r in members})
         notes.append(f"{dataset}: runs differ in {', '.join(differ)}; reported in {len(by_sig)} groups of tables, "
                      f"not mixed (the largest keeps the name {dataset})")

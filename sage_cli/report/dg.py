@@ -26,13 +26,11 @@ def env_names(dataset: str, n: int) -> list[str]:
 
 
 def dataset_order(names) -> list[str]:
-    from ..catalog import DATASETS
+    from ..catalog import DATASETS, card
 
-    known = DATASETS.names()
-    order = ["rotated_digits", "pacs", "vlcs", "officehome", "terraincognita", "domainnet"]
     def rank(d):
         base = base_dataset(d)
-        return order.index(base) if base in order else len(order), base not in known, base, d
+        return (card(base).report_order if base in DATASETS else 1000), base, d
 
     return sorted(set(names), key=rank)
 
@@ -127,6 +125,19 @@ def choice_note(label: str, picks: list[dict]) -> str:
     return f"{label}: chose {which} at step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
 
 
+def provenance(runs: list[Run], selection: str) -> str:
+    """How a table's numbers were measured: the protocol, the tuning mode, the part of the test env judged and
+    the model selection (``comparable.split`` gave runs that differ tables of their own)."""
+    def values(key: str, default: str) -> str:
+        return "/".join(sorted({r.params.get(key, default) for r in runs})) or default
+
+    test = {"in": "its in split", "all": "all its images"}
+    parts = [f"protocol {values('protocol', 'domainbed')}", f"tuning {values('backbone.tuning', 'full')}",
+             "test env: " + "/".join(test.get(v, v) for v in values("training.test_split", "in").split("/")),
+             f"model selection: {SELECTIONS[selection]}"]
+    return " · ".join(parts)
+
+
 def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]:
     recs = records(runs)
     chosen = chosen_accs(recs, selection)
@@ -140,7 +151,8 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
         envs = n_envs(sample) if sample else len(known_envs(dataset))
         columns = [*env_names(dataset, envs), "Avg"]
         table = Table(f"dg-{selection}-{dataset}", f"{dataset} · model selection: {name}", columns,
-                      higher_is_better=[True] * len(columns), notes=[LEGEND])
+                      higher_is_better=[True] * len(columns),
+                      notes=[LEGEND, provenance([r for r in runs if r.dataset == dataset], selection)])
         for label in labels:
             cells, row_picks = [], []
             for env in range(envs):
@@ -166,7 +178,8 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
     datasets = [d for d in datasets if d == base_dataset(d)]  # a split-off group stands alone: not averaged in
     if datasets:
         table = Table(f"dg-{selection}-summary", f"Averages · model selection: {name}", [*datasets, "Avg"],
-                      higher_is_better=[True] * (len(datasets) + 1), notes=[LEGEND])
+                      higher_is_better=[True] * (len(datasets) + 1),
+                      notes=[LEGEND, provenance([r for r in runs if r.dataset in datasets], selection)])
         for label in labels:
             cells = [Cell(*summary[(label, d)]) for d in datasets]
             means = [c.mean for c in cells]

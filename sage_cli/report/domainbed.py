@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .dg import hparams_seeds
-from .runs import DOMAINBED_NAMES, Run
+from .runs import Run, domainbed_names
 
 ROW_KEYS = ("step", "epoch", "loss", "step_time")
 
@@ -27,7 +27,7 @@ def _typed(value: str):
 def domainbed_rows(run: Run, hparams_seed: int, rows: list[dict]) -> list[dict]:
     """``rows`` (sage's results.jsonl of ``run``) with DomainBed's ``args`` and ``hparams``."""
     holdout = _typed(run.params.get("dataset.holdout_fraction", "0.2"))
-    args = {"dataset": DOMAINBED_NAMES.get(run.dataset, run.dataset), "algorithm": run.label,
+    args = {"dataset": domainbed_names().get(run.dataset, run.dataset), "algorithm": run.label,
             "test_envs": list(run.test_envs), "trial_seed": run.trial_seed, "hparams_seed": hparams_seed,
             "seed": run.trial_seed, "holdout_fraction": holdout, "output_dir": run.run_id}
     hparams = {k: _typed(v) for k, v in sorted(run.params.items())}

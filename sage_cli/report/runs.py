@@ -15,10 +15,12 @@ from pathlib import Path
 
 from ..errors import UserError
 
-# DomainBed's names of the datasets both tools know (facebookresearch/DomainBed, domainbed/datasets.py)
-DOMAINBED_NAMES = {"pacs": "PACS", "vlcs": "VLCS", "officehome": "OfficeHome", "terraincognita": "TerraIncognita",
-                   "domainnet": "DomainNet"}
-FROM_DOMAINBED = {v: k for k, v in DOMAINBED_NAMES.items()}
+
+def domainbed_names() -> dict[str, str]:
+    """sage's dataset name → DomainBed's (the cards'), for the datasets both tools know."""
+    from ..catalog import folder_cards
+
+    return {c.name: c.domainbed_name for c in folder_cards() if c.domainbed_name}
 
 
 @dataclass
@@ -44,7 +46,7 @@ DIAG_CURVES = ("diag_curvature_trace", "diag_alignment_trace")  # Theorem 1's te
 
 def _wanted(key: str) -> bool:
     """The per-checkpoint metrics a report reads."""
-    return (key.startswith("env") and key.endswith("_acc") or key in ("target_alignment", "loss", "step_time")
+    return (key.startswith("env") and key.endswith("_acc") or key in ("target_alignment", "loss", "step_time", "merged_out_acc")
             or key in DIAG_CURVES)
 
 
@@ -309,7 +311,7 @@ def _domainbed_run(sub: Path, rows: list[dict]) -> Run:
     """A run from its rows; the first row's ``args`` (and ``hparams``) say what it was."""
     args = rows[0]["args"]
     status = "FINISHED" if (sub / "done").exists() else "RUNNING"
-    dataset = FROM_DOMAINBED.get(args["dataset"], args["dataset"])
+    dataset = {v: k for k, v in domainbed_names().items()}.get(args["dataset"], args["dataset"])
     hparams = rows[0].get("hparams") or {}
     run = Run(sub.name, status, str(dataset), "dg", str(args["algorithm"]),
               f"{int(args.get('hparams_seed', 0)):08d}", int(args.get("trial_seed", 0)),

@@ -20,7 +20,13 @@ import math
 from collections import defaultdict
 
 SELECTIONS = {"training": "training-domain validation", "oracle": "test-domain validation (oracle)",
-              "loo": "leave-one-domain-out cross-validation"}
+              "loo": "leave-one-domain-out cross-validation", "merged": "merged source validation (DISAM)"}
+
+
+def test_acc(record: dict, env: int) -> float:
+    """The test env's accuracy a run is judged by: every image of it where its protocol asked for that
+    (``env{t}_all_acc``, ``training.test_split: all``), else its in split (DomainBed)."""
+    return record.get(f"env{env}_all_acc", record[f"env{env}_in_acc"])
 
 
 def n_envs(record: dict) -> int:
@@ -37,7 +43,7 @@ def _singles(records):
 def _training_step(record):
     test = record["args"]["test_envs"][0]
     val = [record[f"env{i}_out_acc"] for i in range(n_envs(record)) if i != test]
-    return {"val_acc": sum(val) / len(val), "test_acc": record[f"env{test}_in_acc"], "step": record["step"]}
+    return {"val_acc": sum(val) / len(val), "test_acc": test_acc(record, test), "step": record["step"]}
 
 
 def training_run_acc(run_records):
@@ -53,7 +59,7 @@ def oracle_run_acc(run_records):
         return None
     last = max(singles, key=lambda r: r["step"])
     test = last["args"]["test_envs"][0]
-    return {"val_acc": last[f"env{test}_out_acc"], "test_acc": last[f"env{test}_in_acc"], "step": last["step"]}
+    return {"val_acc": last[f"env{test}_out_acc"], "test_acc": test_acc(last, test), "step": last["step"]}
 
 
 def _loo_step(step_records):
@@ -70,7 +76,7 @@ def _loo_step(step_records):
     val = val[:test] + val[test + 1:]
     if any(v == -1 for v in val):
         return None
-    return {"val_acc": sum(val) / (k - 1), "test_acc": singles[0][f"env{test}_in_acc"], "step": singles[0]["step"]}
+    return {"val_acc": sum(val) / (k - 1), "test_acc": test_acc(singles[0], test), "step": singles[0]["step"]}
 
 
 def loo_run_acc(run_records):
@@ -81,7 +87,19 @@ def loo_run_acc(run_records):
     return max(accs, key=lambda a: a["val_acc"]) if accs else None
 
 
-RUN_ACC = {"training": training_run_acc, "oracle": oracle_run_acc, "loo": loo_run_acc}
+def merged_run_acc(run_records):
+    """Per run, the checkpoint with the best accuracy over all training envs' out images together (DISAM's
+    merged source validation; logged as ``merged_out_acc`` by runs whose ``training.selection`` asks for it), the
+    first such; None for runs that did not log it."""
+    singles = sorted((r for r in _singles(run_records) if "merged_out_acc" in r), key=lambda r: r["step"])
+    if not singles:
+        return None
+    best = max(singles, key=lambda r: r["merged_out_acc"])
+    test = best["args"]["test_envs"][0]
+    return {"val_acc": best["merged_out_acc"], "test_acc": test_acc(best, test), "step": best["step"]}
+
+
+RUN_ACC = {"training": training_run_acc, "oracle": oracle_run_acc, "loo": loo_run_acc, "merged": merged_run_acc}
 
 
 def sweep_acc(records, selection: str):

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..catalog import DATASETS, MODELS
+from ..catalog import DATASETS, MODELS, card
 from ..data.pipeline import Item, Pipeline, in_memory, resolve_workers
-from ..data.splits import InfiniteSampler, Split, load_batch, seed_hash, split_env, to_device
-from ..errors import notice
+from ..data.splits import ConcatSampler, InfiniteSampler, Split, load_batch, seed_hash, split_env, to_device
+from ..errors import UserError, notice
 from ..optim.build import build_optimizer
 from ..optim.grads import flatten, grads_of
 from ..optim.per_domain import batch_blocks
@@ -40,11 +40,16 @@ class DGData:
 
 
 def load_dg_data(recipe: Recipe) -> DGData:
+    """The recipe's dataset, split as its protocol says: the official split files where ``dataset.split`` is
+    ``official`` and the card has them, else a seeded ``holdout_fraction`` of each env held out."""
     cfg = recipe.dataset
-    spec = DATASETS.get(cfg.name)
+    spec, the_card = DATASETS.get(cfg.name), card(cfg.name)
     normalization = "clip" if recipe.backbone.name.startswith("clip") else "imagenet"
+    official = cfg.split == "official" and bool(the_card.split_files)
+    extra = ({"train_transform": cfg.train_transform, "eval_transform": cfg.eval_transform,
+              "official_split": official} if the_card.folder else {})
     dataset = spec(root=cfg.root, image_size=cfg.image_size, normalization=normalization,
-                   corrupt_images=cfg.corrupt_images)
+                   corrupt_images=cfg.corrupt_images, card=the_card, **extra)
     cache = None
     if cfg.eval_cache and hasattr(dataset, "image_size") and not in_memory(dataset.datasets):
         from ..data.eval_cache import EvalCache
@@ -52,11 +57,17 @@ def load_dg_data(recipe: Recipe) -> DGData:
         cache = EvalCache(cfg.name, dataset, cfg.cache_dir).plan()  # built at the first evaluation
     splits = []
     for i, env in enumerate(dataset.datasets):
-        out_split, in_split = split_env(env, cfg.holdout_fraction, seed_hash(recipe.training.seed, i))
+        if official:  # "in": the official training list, "out": its validation list
+            train, val = dataset.official[i]
+            in_split, out_split = Split(env, torch.tensor(train, dtype=torch.long)), Split(env, torch.tensor(val, dtype=torch.long))
+        else:
+            out_split, in_split = split_env(env, cfg.holdout_fraction, seed_hash(recipe.training.seed, i))
         splits.append({"in": in_split, "out": out_split})
-    n = len(spec.ENVIRONMENTS)
-    classes = list(getattr(dataset, "classes", [str(c) for c in range(spec.N_CLASSES)]))
-    return DGData(list(spec.ENVIRONMENTS), classes, tuple(getattr(dataset, "input_shape", spec.INPUT_SHAPE)),
+    envs = list(getattr(spec, "ENVIRONMENTS", None) or the_card.envs)
+    n_classes = getattr(spec, "N_CLASSES", None) or the_card.n_classes
+    classes = list(getattr(dataset, "classes", [str(c) for c in range(n_classes)]))
+    n = len(envs)
+    return DGData(envs, classes, tuple(getattr(dataset, "input_shape", spec.INPUT_SHAPE)),
                   splits, [i for i in range(n) if i not in cfg.test_envs], list(cfg.test_envs), cache)
 
 
@@ -166,8 +177,22 @@ class StepPlan:
     state_before: dict
 
 
+def steps_per_epoch(recipe: Recipe, data: DGData) -> int:
+    """Steps in one pass over the training images: the concatenation's full batches (``concat``), the smallest
+    training env's (``per_env``: DomainBed's epoch), or all training images' (``uniform``)."""
+    sizes = [len(data.splits[i]["in"]) for i in data.train_envs]
+    batch = recipe.training.batch_size
+    return max(1, (min(sizes) if recipe.training.batch_sampling == "per_env" else sum(sizes)) // batch)
+
+
+def total_steps(recipe: Recipe, data: DGData) -> int:
+    t = recipe.training
+    return t.epochs * steps_per_epoch(recipe, data) if t.unit == "epochs" else t.steps
+
+
 class Batcher:
-    """The per-step batches: ``per_env`` (DomainBed) or ``uniform`` (each image's env drawn uniformly).
+    """The per-step batches: ``per_env`` (DomainBed), ``uniform`` (each image's env drawn uniformly) or
+    ``concat`` (one shuffled concatenation of the training envs, an epoch at a time).
 
     Steps are planned here, in order, from the samplers' generators, and loaded by a ``Pipeline`` (workers a
     few steps ahead, or in this process): the same plans whatever the worker count. ``state_dict`` is the
@@ -180,12 +205,18 @@ class Batcher:
         self.samplers = [InfiniteSampler(data.splits[i]["in"], t.batch_size, seed_hash(t.seed, "sampler", i))
                          for i in data.train_envs]
         self.generator = torch.Generator().manual_seed(seed_hash(t.seed, "envs"))
+        self.concat = ConcatSampler([data.splits[i]["in"] for i in data.train_envs], t.batch_size,
+                                    seed_hash(t.seed, "concat")) if self.mode == "concat" else None
+        if self.concat is not None and self.concat.steps_per_epoch == 0:
+            raise UserError(f"training.batch_size {t.batch_size} is larger than the {self.concat.total} training "
+                            "images: no full batch (batch_sampling: concat drops the partial one)")
         self.pipeline = pipeline or Pipeline([s["in"].env for s in data.splits], 0)
         self._planned: deque[StepPlan] = deque()
         self._stream = None
 
     def _state(self) -> dict:
-        return {"samplers": [s.state_dict() for s in self.samplers], "generator": self.generator.get_state()}
+        state = {"samplers": [s.state_dict() for s in self.samplers], "generator": self.generator.get_state()}
+        return {**state, "concat": self.concat.state_dict()} if self.concat is not None else state
 
     def plan(self) -> StepPlan:
         """The next step's batches, drawn from the generators (nothing is loaded)."""
@@ -193,6 +224,10 @@ class Batcher:
         if self.mode == "per_env":
             items = [Item.of(e, *s.draw()) for e, s in zip(self.envs, self.samplers)]
             return StepPlan(items, None, before)
+        if self.concat is not None:
+            drawn = self.concat.draw()
+            items = [Item.of(self.envs[k], indices, seeds) for k, indices, seeds in drawn]
+            return StepPlan(items, torch.tensor([float(len(i)) for _, i, _ in drawn]), before)
         envs = torch.randint(len(self.samplers), (self.batch_size,), generator=self.generator)
         counts = torch.bincount(envs, minlength=len(self.samplers))
         items = [Item.of(e, *s.draw(int(n))) for e, s, n in zip(self.envs, self.samplers, counts) if n > 0]
@@ -222,6 +257,8 @@ class Batcher:
         for s, st in zip(self.samplers, state["samplers"]):
             s.load_state_dict(st)
         self.generator.set_state(state["generator"])
+        if self.concat is not None:
+            self.concat.load_state_dict(state["concat"])
 
     def close(self) -> None:
         self._stream = None  # a DataLoader iterator stops its workers when dropped
@@ -231,6 +268,22 @@ class Batcher:
 def select_training_domain(history: list[Record], train_envs) -> Record:
     """DomainBed's training-domain validation: the checkpoint with the best mean train-env out accuracy."""
     return max(history, key=lambda c: sum(c.metrics[f"env{i}_out_acc"] for i in train_envs) / len(train_envs))
+
+
+def test_key(recipe: Recipe, env: int) -> str:
+    """The metric a run is judged by on a test env: its in split (DomainBed) or all its images."""
+    return f"env{env}_{'all' if recipe.training.test_split == 'all' else 'in'}_acc"
+
+
+def select(history: list[Record], recipe: Recipe, data: DGData) -> Record:
+    """The checkpoint ``training.selection`` chooses (the first of equals, as ``max`` keeps it): DomainBed's
+    training-domain validation (mean of the training envs' out accuracies), DISAM's merged source validation
+    (accuracy over all their out images together), or the test env itself (oracle)."""
+    selection = recipe.training.selection
+    if selection == "training_domain":
+        return select_training_domain(history, data.train_envs)
+    key = "merged_out_acc" if selection == "merged_source" else test_key(recipe, data.test_envs[0])
+    return max(history, key=lambda c: c.metrics[key])
 
 
 class DGTask:
@@ -262,7 +315,8 @@ class DGTask:
         self.losses = Window()  # the training losses since the last evaluation
         self.parts = {"model": self.model, "optimizer": self.optimizer, "objective": self.objective,
                       "batcher": self.batcher, "losses": self.losses}
-        self.total_steps = recipe.training.steps
+        self.per_epoch = steps_per_epoch(recipe, data)
+        self.total_steps = total_steps(recipe, data)
 
     def first_step(self, resumed_from: int) -> int:
         return resumed_from
@@ -314,6 +368,8 @@ class DGTask:
         return torch.stack(losses), [p for p in self.model.parameters() if p.requires_grad]
 
     def position_at(self, step: int) -> int | None:
+        if self.recipe.training.unit == "epochs":  # after each epoch's last step
+            return step if (step + 1) % self.per_epoch == 0 else None
         freq = self.recipe.training.checkpoint_freq
         return step if step % freq == 0 or step == self.total_steps - 1 else None
 
@@ -321,8 +377,17 @@ class DGTask:
         recipe, data = self.recipe, self.data
         metrics = {**window, **self.losses.means()}
         self.losses.clear()
-        for (i, name), acc in self.evaluation(self.model).items():
+        accs = self.evaluation(self.model)
+        for (i, name), acc in accs.items():
             metrics[f"env{i}_{name}_acc"] = acc
+        size = {key: len(data.splits[key[0]][key[1]]) for key in accs}
+        if recipe.training.test_split == "all":  # every image of the env: its in and out splits together
+            for i in range(len(data.splits)):
+                n = size[(i, "in")] + size[(i, "out")]
+                metrics[f"env{i}_all_acc"] = (accs[(i, "in")] * size[(i, "in")] + accs[(i, "out")] * size[(i, "out")]) / max(n, 1)
+        if recipe.training.selection == "merged_source":  # all training envs' out images as one validation set
+            out = [(i, "out") for i in data.train_envs]
+            metrics["merged_out_acc"] = sum(accs[k] * size[k] for k in out) / max(sum(size[k] for k in out), 1)
         metrics["target_alignment"] = self.alignment(self.model, self.device)
         row = {
             "args": {"dataset": recipe.dataset.name, "algorithm": recipe.optimizer.label,
@@ -330,7 +395,8 @@ class DGTask:
                      "trial_seed": recipe.training.seed, "seed": recipe.training.seed, "recipe_hash": recipe.hash()},
             "hparams": recipe.optimizer.model_dump(mode="json"),
             "step": step,
-            "epoch": step * recipe.training.batch_size / min(len(data.splits[i]["in"]) for i in data.train_envs),
+            "epoch": ((step + 1) / self.per_epoch if recipe.training.unit == "epochs" else
+                      step * recipe.training.batch_size / min(len(data.splits[i]["in"]) for i in data.train_envs)),
             **metrics,
         }
         path = getattr(getattr(self.optimizer, "per_domain", None), "path", None)
@@ -349,7 +415,7 @@ class DGProtocol:
         return DGTask(recipe, data, runtime)
 
     def total_steps(self, recipe: Recipe, data) -> int:
-        return recipe.training.steps
+        return total_steps(recipe, data)
 
     def loader_workers(self, recipe: Recipe, data: DGData) -> int:
         """Worker processes for the input pipeline: none for data held in memory."""
@@ -369,8 +435,10 @@ class DGProtocol:
 
         data, last = result.data, result.history[-1].metrics
         test = data.test_envs[0]
-        target = last[f"env{test}_in_acc"]
-        selected = select_training_domain(result.history, data.train_envs).metrics[f"env{test}_in_acc"]
+        key = test_key(recipe, test)
+        target = last[key]
+        chosen = select(result.history, recipe, data)
+        selected = chosen.metrics[key]
         title = (f"{recipe.name or 'run'} · {recipe.dataset.name} · {recipe.optimizer.label} "
                  f"· step {result.history[-1].step}")
         table = Table(title=title, min_width=len(title))  # a title wrapped at ' · ' read as cut
@@ -380,7 +448,11 @@ class DGProtocol:
             role = "[bold magenta]test[/]" if i in data.test_envs else "train"
             table.add_row(f"{i} ({name})", role, f"{last[f'env{i}_in_acc']:.4f}", f"{last[f'env{i}_out_acc']:.4f}")
         envs = ",".join(map(str, data.test_envs))
-        line = f"target env {envs} accuracy: {target:.4f} (final), {selected:.4f} (training-domain validation)"
+        how = {"training_domain": "training-domain validation", "merged_source": "merged source validation",
+               "oracle": "oracle"}[recipe.training.selection]
+        where = "" if recipe.training.test_split == "in" else " (all its images)"
+        at = f", step {chosen.step}" if recipe.training.selection != "training_domain" else ""
+        line = f"target env {envs}{where} accuracy: {target:.4f} (final), {selected:.4f} ({how}{at})"
         return {"target_acc": target, "target_acc_selected": selected}, table, line
 
 
