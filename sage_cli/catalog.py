@@ -25,7 +25,8 @@ DATASETS = Registry("dataset", {card.name: card for card in CARDS})
 MODELS = Registry("backbone", {
     # revision 1: GroupNorm instead of BatchNorm over the concatenated batch (per-domain gradients in one backward)
     "small_cnn": Entry("sage_cli.models.cnn:small_cnn", "dg", revision=1),
-    "clip": Entry("sage_cli.models.clip:clip", "dg", settings=("pretrained", "model", "head", "prompt")),
+    "clip": Entry("sage_cli.models.clip:clip", "dg", settings=("pretrained", "model", "head", "prompt", "tuning",
+                                                                 "prompt_tokens", "prompt_depth")),
     "resnet50": Entry("sage_cli.models.resnet:resnet50", "dg", settings=("pretrained", "freeze_bn")),
     "mtan": Entry("sage_cli.mtl.models:mtan", "mtl"),
     "mtan_narrow": Entry("sage_cli.mtl.models:mtan_narrow", "mtl"),

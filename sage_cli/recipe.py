@@ -201,6 +201,7 @@ class Recipe(Section):
         reads = set(MODELS.entry(self.backbone.name).settings) if self.backbone.name in MODELS else set()
         idle |= {k for k in flat if k.startswith("backbone.") and k != "backbone.name"
                  and k.split(".", 1)[1].split(".")[0] not in reads}
+        idle |= {f"backbone.{k}" for k in self.backbone.idle()}
         return idle & set(flat)
 
     def _training_idle(self) -> set[str]:

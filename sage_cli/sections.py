@@ -77,16 +77,34 @@ class BackboneConfig(Section):
     head: Literal["linear", "zeroshot"] = "linear"
     prompt: str = "a photo of a {c}."
     freeze_bn: bool = False  # resnet50: BatchNorm statistics frozen, as in DomainBed
+    # clip: which parameters train (models/clip.py): full fine-tuning, linear probing (the head), or VPT (Jia et
+    # al., ECCV 2022: prompt tokens and the head); prompt_tokens and prompt_depth act under vpt only
+    tuning: Literal["full", "vpt", "linear"] = "full"
+    prompt_tokens: int = Field(10, gt=0)
+    prompt_depth: Literal["shallow", "deep"] = "deep"
 
     @field_validator("name")
     @classmethod
     def _known(cls, v):
         return MODELS.check(v)
 
+    @model_validator(mode="after")
+    def _prompts_need_vpt(self):
+        if self.tuning != "vpt":
+            for key in ("prompt_tokens", "prompt_depth"):
+                if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(f"{key} acts only with tuning: vpt (tuning is {self.tuning})")
+        return self
+
+    def idle(self) -> set[str]:
+        """Prompt settings without VPT."""
+        return {"prompt_tokens", "prompt_depth"} if self.tuning != "vpt" else set()
+
     def identity(self) -> dict:
         entry = MODELS.entry(self.name)
         revision = {"revision": entry.revision} if entry.revision else {}
-        return {"name": self.name, **revision, **{k: v for k, v in non_defaults(self).items() if k in entry.settings}}
+        return {"name": self.name, **revision, **{k: v for k, v in non_defaults(self).items()
+                                                  if k in entry.settings and k not in self.idle()}}
 
 
 class TrainingConfig(Section):

@@ -123,9 +123,10 @@ class _Linear(Function):
         W = w.mT if ctx.transposed else w
         grad_x = (grad_out @ W).to(ctx.in_dtype) if ctx.needs_input_grad[0] else None
         pairs = list(zip(col.split(grad_out), col.split(x)))
-        blocks = torch.stack([_rows(d).mT @ _rows(xk) for d, xk in pairs])
-        col.add(weight, blocks.mT if ctx.transposed else blocks)
-        if bias is not None:
+        if weight.requires_grad:  # a frozen layer (linear probing, VPT) costs its input gradient only
+            blocks = torch.stack([_rows(d).mT @ _rows(xk) for d, xk in pairs])
+            col.add(weight, blocks.mT if ctx.transposed else blocks)
+        if bias is not None and bias.requires_grad:
             col.add(bias, torch.stack([_rows(d).sum(0) for d, _ in pairs]))
         return grad_x, None, None, None, None
 
@@ -162,9 +163,10 @@ class _Conv(Function):
 
         grad_x = backward(grad_out, x, [True, False, False])[0].to(ctx.in_dtype) if ctx.needs_input_grad[0] else None
         pairs = list(zip(col.split(grad_out), col.split(x)))
-        col.add(weight, torch.stack([backward(d, xk, [False, True, False])[1] if len(d) else torch.zeros_like(w)
-                                     for d, xk in pairs]))
-        if bias is not None:
+        if weight.requires_grad:
+            col.add(weight, torch.stack([backward(d, xk, [False, True, False])[1] if len(d) else torch.zeros_like(w)
+                                         for d, xk in pairs]))
+        if bias is not None and bias.requires_grad:
             col.add(bias, torch.stack([d.sum((0, *range(2, d.ndim))) for d, _ in pairs]))
         return grad_x, None, None, None, None, None, None, None
 
@@ -364,3 +366,32 @@ def token_embeddings(patches, cls, pos, collector: Collector):
     collector.check(patches)
     collector.use(cls, pos)
     return _TokenEmbeddings.apply(patches, cls, pos, collector)
+
+
+class _Prompts(Function):
+    """VPT's prompt tokens put after the class token, the same for every sample: [x₀; prompt; x_end:]. Their
+    gradient per block is the sum of the block's samples' gradients at the prompt positions."""
+
+    @staticmethod
+    def forward(ctx, x, prompt, end, collector):
+        ctx.collector, ctx.prompt, ctx.end, ctx.shape = collector, prompt, end, x.shape
+        tokens = prompt.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :1], tokens, x[:, end:]], 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        n = ctx.prompt.shape[0]
+        ctx.collector.add(ctx.prompt, torch.stack([d[:, 1:1 + n].sum(0) for d in ctx.collector.split(grad_out)]))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out.new_zeros(ctx.shape)
+            grad_x[:, :1] = grad_out[:, :1]
+            grad_x[:, ctx.end:] = grad_out[:, 1 + n:]
+        return grad_x, None, None, None
+
+
+def prompts(x, prompt, end: int, collector: Collector):
+    """``x`` (N, L, D) with ``prompt`` (P, D) after its first token, replacing tokens 1..end-1."""
+    collector.check(x)
+    collector.use(prompt)
+    return _Prompts.apply(x, prompt, end, collector)

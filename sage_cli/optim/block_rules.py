@@ -4,7 +4,8 @@ gathers the per-block statistics (``block_ops``).
 A rule replaces a module's ``forward`` for the duration of one recorded forward pass; the replacement computes
 the same function with ``block_ops``. Covered: Linear (with any leading token dimensions), Conv2d, LayerNorm,
 GroupNorm, eval-mode BatchNorm, Embedding, open_clip's LayerScale, self-attention ``nn.MultiheadAttention``
-(batch first) and open_clip's ``VisionTransformer`` (class token, positional embedding, projection). A
+(batch first), open_clip's ``VisionTransformer`` (class token, positional embedding, projection) and VPT's
+prompt tokens (``models.clip.PromptedTransformer``). Frozen layers compute their input gradients only. A
 BatchNorm in training mode normalises over the whole concatenated batch, so it mixes the domains' samples
 and no per-block split exists: ``plan`` says so and the caller takes the exact path.
 """
@@ -98,6 +99,11 @@ def _vision_transformer(m, col):
     return forward
 
 
+def _prompted(m, col):
+    """models.clip.PromptedTransformer: VPT's prompt tokens through ``block_ops.prompts``."""
+    return lambda x, attn_mask=None: m.run(x, lambda x, prompt, end: ops.prompts(x, prompt, end, col))
+
+
 def _is_open_clip_vit(m) -> bool:
     return type(m).__name__ == "VisionTransformer" and hasattr(m, "class_embedding") and hasattr(m, "_pool")
 
@@ -128,6 +134,8 @@ def rule_for(m: nn.Module):
         return _attention, None
     if type(m).__name__ == "LayerScale" and isinstance(getattr(m, "gamma", None), nn.Parameter):
         return _layer_scale, None
+    if type(m).__name__ == "PromptedTransformer" and hasattr(m, "run"):
+        return _prompted, None
     if _is_open_clip_vit(m):
         if getattr(m, "attn_pool", None) is not None or getattr(m, "output_tokens", False):
             return None, "attention pooling or token outputs"
