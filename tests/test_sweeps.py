@@ -47,6 +47,14 @@ def test_experiment_files_expand():
     labels = {j.recipe.optimizer.label for j in table2.jobs}
     assert labels == {"erm", "sage", "samo", "fmtl", "sage-samo"}
     assert {j.recipe.optimizer.rho for j in table2.jobs if j.recipe.optimizer.method == "samo"} == {1e-3}
+    # the paper's two protocols, declared: SAGE's own (the shipped recipes: the same runs as table1_domainbed)
+    # and its baselines' source (VPT, oracle)
+    full = load_experiment(ROOT / "experiments" / "table1_full_finetuning.yaml")
+    assert sorted(j.recipe.hash() for j in full.jobs) == sorted(j.recipe.hash() for j in table1.jobs)
+    vpt = load_experiment(ROOT / "experiments" / "table1_vpt_oracle.yaml")
+    assert len(vpt.jobs) == len(table1.jobs)
+    assert {(j.recipe.backbone.tuning, j.recipe.training.selection) for j in vpt.jobs} == {("vpt", "oracle")}
+    assert not {j.recipe.hash() for j in vpt.jobs} & {j.recipe.hash() for j in table1.jobs}
     fig3 = load_experiment(ROOT / "experiments" / "figure3_officehome.yaml")
     labels = {j.label.split(" ")[1] for j in fig3.jobs}
     assert {"no_newton_schulz", "no_scaling", "no_noise", "muon", "sage"} <= labels
