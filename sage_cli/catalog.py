@@ -34,7 +34,8 @@ MODELS = Registry("backbone", {
 })
 
 
-# the training protocol of each kind of dataset (``train.loop.TrainingProtocol``)
+# the training loop of each kind of dataset (``train.loop.TrainingProtocol``); not the declared DG protocols
+# (domainbed, disam) of ``protocols.py``, which are presets of recipe settings
 PROTOCOLS = Registry("protocol", {"dg": "sage_cli.train.dg:PROTOCOL", "mtl": "sage_cli.mtl.train:PROTOCOL"})
 
 
