@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 
 import typer
 
+from .cards import names as dataset_names
 from .errors import exit_with as _fail
 
 MODEL_CHOICES = ("small_cnn", "resnet50", "vit_b16", "vit_tiny", "mtan")
@@ -65,7 +66,7 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | tf32 | bf16 (as training.precision)."),
     data: Optional[Path] = typer.Option(None, "--data", help="A data root: time the real input pipeline on it (with --dataset)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="With --data: pacs | vlcs | officehome | terraincognita | domainnet."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=f"With --data: {' | '.join(dataset_names('domainbed').split())}."),
     workers: str = typer.Option("auto", "--workers", help="With --data: loader worker processes (auto: CPUs − 1)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line."),
 ):

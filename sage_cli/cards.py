@@ -68,3 +68,10 @@ CARDS = [
     DatasetCard("sage_cli.mtl.data:mtl_digits", "mtl", ("digit_pairs_cnn",), in_memory=True, name="mtl_digits",
                 layout="memory", n_classes=10, report_order=12),
 ]
+
+
+def names(layout: str | None = None) -> str:
+    """The built-in datasets' names (of one ``layout``; None: every one read from disk), space-separated: for
+    help texts."""
+    chosen = [c for c in CARDS if (c.layout == layout if layout else not c.in_memory)]
+    return " ".join(c.name for c in sorted(chosen, key=lambda c: c.report_order))

@@ -11,6 +11,7 @@ import typer
 
 from .analysis_cli import register as register_analysis
 from .bench_cli import register as register_bench
+from .cards import names as dataset_names
 from .errors import Stopped, UserError
 from .errors import exit_with as _fail
 
@@ -171,7 +172,7 @@ def datasets(
 
 @datasets_app.command("prepare")
 def datasets_prepare(
-    name: str = typer.Argument(..., help="A DomainBed image folder: pacs vlcs officehome terraincognita domainnet."),
+    name: str = typer.Argument(..., help=f"A DomainBed image folder: {dataset_names('domainbed')}."),
     root: Optional[Path] = typer.Option(None, "--root", help="Data root (default: $SAGE_DATA)."),
     image_size: int = typer.Option(224, "--image-size", min=1, help="The recipes' dataset.image_size."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where (default: $SAGE_CACHE, else <root>/.sage-cache)."),
@@ -200,8 +201,7 @@ def datasets_prepare(
 
 @datasets_app.command("download")
 def datasets_download(
-    names: List[str] = typer.Argument(..., help="Datasets: pacs vlcs officehome terraincognita domainnet nyuv2 "
-                                                "cityscapes."),
+    names: List[str] = typer.Argument(..., help=f"Datasets: {dataset_names()}."),
     root: Optional[Path] = typer.Option(None, "--root", help="Data root, created if missing (default: $SAGE_DATA)."),
     force: bool = typer.Option(False, "--force", help="Replace a dataset folder that is there but incomplete."),
     keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep the archives after extracting them."),
