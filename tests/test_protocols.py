@@ -193,3 +193,22 @@ def test_every_preset_setting_is_overridable_and_the_default_is_domainbed():
     assert "batch_sampling" not in again["training"] and again["protocol"] == "disam"
     with pytest.raises(UserError, match="protocol 'disam' is a DG protocol"):
         load_recipe("recipes/mtl_quickstart.yaml", {"protocol": "disam"})
+
+
+def test_a_disam_run_stopped_mid_epoch_with_workers_resumes_bit_identically(pacs, tmp_path):
+    from sage_cli.errors import Preempted
+
+    root, _, _ = pacs
+    recipe = _recipe(root, **{"training.epochs": 3, "dataset.workers": 2, "training.output_dir": str(tmp_path)})
+    whole = train_dg(recipe)
+    steps = []
+    with pytest.raises(Preempted) as stopped:  # mid-way through the second epoch (6 steps an epoch)
+        train_dg(recipe, checkpoint_path=tmp_path / "ckpt.pt", progress=steps.append, should_stop=lambda: len(steps) >= 9)
+    assert stopped.value.step == 8
+    resumed = train_dg(recipe, checkpoint_path=tmp_path / "ckpt.pt")
+    assert resumed.resumed_from == 9
+    def metrics(history):  # the step time is the clock's
+        return [{k: v for k, v in r.metrics.items() if k != "step_time"} for r in history]
+
+    assert metrics(resumed.history) == metrics(whole.history)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()))
