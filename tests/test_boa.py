@@ -1,0 +1,126 @@
+"""BOA's parts on landscapes whose contours are known in closed form (quadratics, App. C's two-domain model)."""
+
+import math
+
+import pytest
+import torch
+
+from sage_cli.analysis.toy2d import DOMAINS, Domain
+from sage_cli.optim.boa import Billiard, finite_difference_hvp, krylov, line_search, projected_normal, reflect
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Closed-form checks in double precision; the default dtype set back for the tests after these."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(saved)
+
+
+def quadratic(diag):
+    A = torch.diag(torch.tensor(diag, dtype=torch.float64))
+    return (lambda t: float(0.5 * t @ A @ t)), (lambda t: A @ t), A
+
+
+def test_line_search_lands_on_the_contour_from_inside():
+    loss, _, A = quadratic([1.0, 4.0, 9.0])
+    p = torch.tensor([1.0, 1.0, 1.0]) / math.sqrt(3)
+    threshold, tol = 2.0, 1e-9
+    for step in (1e-3, 0.1, 5.0):  # growing from small steps; halving a first step that overshoots
+        hit = line_search(loss, torch.zeros(3), p, threshold, step, tol)
+        exact = math.sqrt(2 * threshold / float(p @ A @ p))  # ½α²pᵀAp = ℓ_th
+        assert hit.bounded and hit.loss <= threshold and threshold - hit.loss <= tol
+        assert loss(hit.alpha * p) == pytest.approx(hit.loss) and hit.alpha == pytest.approx(exact, rel=1e-8)
+
+
+def test_line_search_says_when_the_table_is_open():
+    def loss(t):  # flat along the second axis
+        return float(t[0] ** 2)
+
+    hit = line_search(loss, torch.zeros(2), torch.tensor([0.0, 1.0]), 1.0, 1.0, 1e-9, max_alpha=1e3)
+    assert not hit.bounded and hit.loss <= 1.0
+
+
+def test_reflection_keeps_the_norm_and_mirrors_about_the_normal():
+    g = torch.Generator().manual_seed(0)
+    p, n = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    n = n / n.norm()
+    r = reflect(p, n)
+    assert r.norm() == pytest.approx(float(p.norm()))
+    assert float(r @ n) == pytest.approx(-float(p @ n))  # the normal part flips
+    assert torch.allclose(r - (r @ n) * n, p - (p @ n) * n)  # the rest is kept
+    assert torch.allclose(reflect(r, n), p)
+
+
+def test_krylov_basis_of_a_diagonal_hessian_spans_the_gradients_orbit():
+    eigen = torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
+    H = torch.diag(eigen)
+    g0 = torch.linspace(1, 2, 8)
+    for k in (3, 5, 8):
+        sub = krylov(g0, lambda v: H @ v, k)
+        Q = sub.basis
+        assert Q.shape == (8, k) and torch.allclose(Q.T @ Q, torch.eye(k), atol=1e-10)
+        orbit = [torch.linalg.matrix_power(H, j) @ g0 for j in range(k)]
+        for v in orbit:  # every Hʲg₀, j < k, lies in the span
+            assert (v - Q @ (Q.T @ v)).norm() <= 1e-8 * v.norm()
+        raw = -sum(orbit)
+        assert torch.allclose(sub.direction, raw / raw.norm(), atol=1e-10)  # p₀ = −Σ Hʲg₀, normalised
+    # g₀ on 3 eigenvectors: its orbit spans 3 dimensions whatever k
+    short = krylov(torch.tensor([1.0, 0, 0, 1.0, 0, 0, 0, 1.0]), lambda v: H @ v, 6)
+    assert short.basis.shape[1] == 3
+
+
+def test_finite_difference_products_agree_with_exact_ones_to_first_order():
+    def loss(t):
+        return (t ** 4).sum() / 4 + (t[0] * t[1]) ** 2
+
+    def grad(t):
+        t = t.detach().requires_grad_(True)
+        return torch.autograd.grad(loss(t), t)[0]
+
+    theta = torch.tensor([0.7, -1.2, 0.4])
+    t = theta.clone().requires_grad_(True)
+    H = torch.autograd.functional.hessian(loss, t)
+    v = torch.tensor([0.3, 0.5, -0.8])
+    errors = [float((finite_difference_hvp(grad, theta, grad(theta), eps)(v) - H @ v).norm()) for eps in (1e-2, 1e-3)]
+    assert errors[0] / errors[1] == pytest.approx(10, rel=0.05)  # O(ε): ten times smaller for ε ten times smaller
+
+
+@pytest.mark.parametrize("landscape", ["quadratic", "app_c"])
+def test_every_point_of_a_trajectory_lies_on_the_contour(landscape):
+    if landscape == "quadratic":
+        loss, grad, A = quadratic([1.0, 3.0])
+        theta0 = torch.tensor([0.2, -0.1])
+        hvp = lambda v: A @ v  # noqa: E731
+    else:  # App. C: the mean of the two domains' population losses (Eq. 39)
+        domains = [Domain(s) for s in DOMAINS]
+        H = sum(d.hessian() for d in domains) / 2
+        b = sum(d.b() for d in domains) / 2
+        loss = lambda t: float(0.5 - b @ t + 0.5 * t @ H @ t)  # noqa: E731
+        grad = lambda t: H @ t - b  # noqa: E731
+        theta0 = torch.linalg.solve(H, b) + torch.tensor([0.05, -0.02])
+        hvp = lambda v: H @ v  # noqa: E731
+    tol = 1e-8
+    billiard = Billiard(loss, grad, delta_loss=0.05, step=0.01, tol=tol)
+    billiard.start(theta0, hvp, k=2)
+    points = [billiard.next() for _ in range(12)]
+    for point in points:
+        assert point.bounded and billiard.threshold - tol <= loss(point.theta) <= billiard.threshold
+        assert point.loss == pytest.approx(loss(point.theta))
+    assert len({tuple(round(float(x), 6) for x in p.theta) for p in points}) == 12  # it moves around the table
+    # the state resumes the same trajectory
+    again = Billiard(loss, grad, delta_loss=0.05, step=0.01, tol=tol)
+    resumed = Billiard(loss, grad, delta_loss=0.05, step=0.01, tol=tol)
+    again.start(theta0, hvp, k=2)
+    for _ in range(5):
+        again.next()
+    resumed.load_state_dict({k: (v.clone() if torch.is_tensor(v) else v) for k, v in again.state_dict().items()})
+    assert all(torch.equal(resumed.next().theta, points[i].theta) for i in range(5, 12))
+
+
+def test_the_normal_is_projected_onto_the_subspace():
+    basis = torch.eye(3)[:, :2]
+    normal = projected_normal(torch.tensor([1.0, 1.0, 5.0]), basis)
+    assert torch.allclose(normal, -torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
+    assert projected_normal(torch.tensor([0.0, 0.0, 1.0]), basis) is None
