@@ -9,7 +9,7 @@ from sage_cli.analysis.toy2d import DOMAINS, Domain
 from sage_cli.optim.boa import Billiard, finite_difference_hvp, krylov, line_search, projected_normal, reflect
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def float64():
     """Closed-form checks in double precision; the default dtype set back for the tests after these."""
     saved = torch.get_default_dtype()
@@ -23,7 +23,7 @@ def quadratic(diag):
     return (lambda t: float(0.5 * t @ A @ t)), (lambda t: A @ t), A
 
 
-def test_line_search_lands_on_the_contour_from_inside():
+def test_line_search_lands_on_the_contour_from_inside(float64):
     loss, _, A = quadratic([1.0, 4.0, 9.0])
     p = torch.tensor([1.0, 1.0, 1.0]) / math.sqrt(3)
     threshold, tol = 2.0, 1e-9
@@ -34,7 +34,7 @@ def test_line_search_lands_on_the_contour_from_inside():
         assert loss(hit.alpha * p) == pytest.approx(hit.loss) and hit.alpha == pytest.approx(exact, rel=1e-8)
 
 
-def test_line_search_says_when_the_table_is_open():
+def test_line_search_says_when_the_table_is_open(float64):
     def loss(t):  # flat along the second axis
         return float(t[0] ** 2)
 
@@ -42,7 +42,7 @@ def test_line_search_says_when_the_table_is_open():
     assert not hit.bounded and hit.loss <= 1.0
 
 
-def test_reflection_keeps_the_norm_and_mirrors_about_the_normal():
+def test_reflection_keeps_the_norm_and_mirrors_about_the_normal(float64):
     g = torch.Generator().manual_seed(0)
     p, n = torch.randn(5, generator=g), torch.randn(5, generator=g)
     n = n / n.norm()
@@ -53,7 +53,7 @@ def test_reflection_keeps_the_norm_and_mirrors_about_the_normal():
     assert torch.allclose(reflect(r, n), p)
 
 
-def test_krylov_basis_of_a_diagonal_hessian_spans_the_gradients_orbit():
+def test_krylov_basis_of_a_diagonal_hessian_spans_the_gradients_orbit(float64):
     eigen = torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
     H = torch.diag(eigen)
     g0 = torch.linspace(1, 2, 8)
@@ -71,7 +71,7 @@ def test_krylov_basis_of_a_diagonal_hessian_spans_the_gradients_orbit():
     assert short.basis.shape[1] == 3
 
 
-def test_finite_difference_products_agree_with_exact_ones_to_first_order():
+def test_finite_difference_products_agree_with_exact_ones_to_first_order(float64):
     def loss(t):
         return (t ** 4).sum() / 4 + (t[0] * t[1]) ** 2
 
@@ -88,7 +88,7 @@ def test_finite_difference_products_agree_with_exact_ones_to_first_order():
 
 
 @pytest.mark.parametrize("landscape", ["quadratic", "app_c"])
-def test_every_point_of_a_trajectory_lies_on_the_contour(landscape):
+def test_every_point_of_a_trajectory_lies_on_the_contour(float64, landscape):
     if landscape == "quadratic":
         loss, grad, A = quadratic([1.0, 3.0])
         theta0 = torch.tensor([0.2, -0.1])
@@ -119,8 +119,90 @@ def test_every_point_of_a_trajectory_lies_on_the_contour(landscape):
     assert all(torch.equal(resumed.next().theta, points[i].theta) for i in range(5, 12))
 
 
-def test_the_normal_is_projected_onto_the_subspace():
+def test_the_normal_is_projected_onto_the_subspace(float64):
     basis = torch.eye(3)[:, :2]
     normal = projected_normal(torch.tensor([1.0, 1.0, 5.0]), basis)
     assert torch.allclose(normal, -torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
     assert projected_normal(torch.tensor([0.0, 0.0, 1.0]), basis) is None
+
+
+# --------------------------------------------------------------------------- BOA runs through `sage run`
+QUICKSTART = "recipes/quickstart.yaml"
+BOA = ["--set", "optimizer.method=boa", "--set", "optimizer.reflections=4", "--set", "optimizer.krylov_dim=4",
+       "--set", "optimizer.loss_batches=1", "--set", "optimizer.delta_loss=0.2"]
+
+
+@pytest.fixture(scope="module")
+def sam_start(tmp_path_factory):
+    """A quickstart SAM run, the trained start."""
+    from sweep_helpers import ROOT, sage
+
+    cwd = tmp_path_factory.mktemp("boa")
+    proc = sage(["run", str(ROOT / QUICKSTART), "--set", "optimizer.method=sam", "--set", "training.steps=60",
+                 "--set", "training.checkpoint_freq=30"], cwd)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split("mlflow run ")[1].split()[0]
+    return cwd, run_id
+
+
+def test_sage_run_explores_from_a_sam_run_and_the_report_reads_the_trajectory(sam_start):
+    from sweep_helpers import ROOT, sage
+
+    from sage_cli.report.build import build
+    from sage_cli.report.runs import from_store
+
+    cwd, run_id = sam_start
+    proc = sage(["run", str(ROOT / QUICKSTART), *BOA, "--set", f"optimizer.init_from={run_id}"], cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert "quickstart · rotated_digits · boa · step 3" in proc.stdout
+    runs = [r for r in from_store(f"sqlite:///{cwd / 'mlflow.db'}", None, ["quickstart"]) if r.label == "boa"]
+    assert len(runs) == 1 and [row["step"] for row in runs[0].rows] == [0, 1, 2, 3]  # a checkpoint per point
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}").get_metric_history(runs[0].run_id, "boa_threshold")
+    threshold = history[0].value
+    assert {m.value for m in history} == {threshold} and len(history) == 4  # ℓ_th, logged at every point
+    assert all(row["loss"] <= threshold + 1e-6 for row in runs[0].rows)  # every point inside the table
+    for selection in ("training", "oracle"):
+        result = build(runs, [selection], with_figures=False)
+        table = next(t for t in result.tables if t.key == f"dg-{selection}-rotated_digits")
+        assert dict(table.rows)["boa"][5].mean is not None  # the held-out env's accuracy, chosen along the path
+
+
+def test_a_boa_run_stopped_mid_trajectory_resumes_on_the_same_trajectory(sam_start, tmp_path):
+    from sage_cli.errors import Preempted
+    from sage_cli.recipe import load_recipe
+    from sage_cli.train.dg import train_dg
+
+    cwd, run_id = sam_start
+    values = {"optimizer.method": "boa", "optimizer.reflections": 4, "optimizer.krylov_dim": 3,
+              "optimizer.loss_batches": 1, "optimizer.hvp": "finite_difference", "optimizer.fd_eps": 1e-3,
+              "optimizer.init_from": str(next((cwd / "runs").glob("*/checkpoint.pt"))),
+              "training.output_dir": str(tmp_path)}
+    recipe = load_recipe(QUICKSTART, values)
+    whole = train_dg(recipe)
+    steps = []
+    with pytest.raises(Preempted):
+        train_dg(recipe, checkpoint_path=tmp_path / "ckpt.pt", progress=steps.append, should_stop=lambda: len(steps) >= 2)
+    resumed = train_dg(recipe, checkpoint_path=tmp_path / "ckpt.pt")
+    assert resumed.resumed_from == 2
+
+    def path(history):
+        return [(r.step, r.metrics["loss"], r.metrics["env5_in_acc"]) for r in history]
+
+    assert path(resumed.history) == path(whole.history)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()))
+
+
+def test_boa_needs_its_start():
+    from sage_cli.errors import UserError
+    from sage_cli.recipe import load_recipe
+    from sage_cli.train.boa import start_checkpoint
+
+    recipe = load_recipe(QUICKSTART, {"optimizer.method": "boa"})
+    with pytest.raises(UserError, match="explores from a trained start: set optimizer.init_from"):
+        start_checkpoint(None, recipe)
+    with pytest.raises(UserError, match="checkpoint /nope/x.pt does not exist"):
+        start_checkpoint("/nope/x.pt", recipe)
+    with pytest.raises(Exception, match="fd_eps acts only with hvp 'finite_difference'"):
+        load_recipe(QUICKSTART, {"optimizer.method": "boa", "optimizer.fd_eps": 0.1})

@@ -77,15 +77,15 @@ def krylov(g0: torch.Tensor, hvp: Hvp, k: int, tol: float = 1e-10) -> Krylov:
             break
         q.append(w / hess[j + 1, j])
     m = len(q)
-    small = hess[:m, :m]
-    e = torch.zeros(m, dtype=g0.dtype, device=g0.device)
+    small = hess[:m, :m].double()  # Hʲ grows like λ_maxʲ: 700⁹ squared overflows float32
+    e = torch.zeros(m, dtype=torch.float64, device=g0.device)
     e[0] = 1
     power, total = e, e.clone()
     for _ in range(1, m):  # Σ_{j<m} H_mʲ e₁: the raw powers' coordinates, up to ‖g₀‖
         power = small @ power
         total = total + power
     basis = torch.stack(q, 1)
-    direction = -(basis @ total)
+    direction = -(basis @ (total / total.norm()).to(basis.dtype))  # Q has orthonormal columns: unit norm
     return Krylov(basis, direction / direction.norm(), products)
 
 

@@ -259,3 +259,31 @@ class FMTL(Method):
     fmtl_decompose: bool = True  # X(g) + X(g_perturbed − g) rather than X(g_perturbed)
     rename: ClassVar[dict[str, str]] = {"fmtl_adaptive": "adaptive", "fmtl_decompose": "decompose"}
     implementation: ClassVar[str] = "sage_cli.optim.pertask:FMTL"
+
+
+@METHODS.register
+class BOA(Method):
+    """BOA (Li et al., ICLR 2026), from its published description (``optim/boa.py``): from a trained start
+    (``init_from``), R reflections along the boundary of {ℓ ≤ ℓ(θ₀) + Δℓ} within a k-dimensional Krylov
+    subspace, each boundary point a checkpoint. Every setting below is sage's choice where the description
+    leaves it open; the base optimizer's settings do not act (BOA takes no gradient step)."""
+
+    method: Literal["boa"] = "boa"
+    fits: ClassVar[tuple[str, ...]] = ("dg",)
+    init_from: str | None = None  # a checkpoint file, a recipe (its run's checkpoint) or an MLflow run id
+    delta_loss: float = Field(0.1, gt=0)  # Δℓ above the start's training loss
+    krylov_dim: int = Field(10, ge=1, le=50)  # k (the description: 5–20)
+    hvp: Literal["exact", "finite_difference"] = "exact"  # double backward, or (∇ℓ(θ₀ + εv) − ∇ℓ(θ₀))/ε
+    fd_eps: float = Field(1e-3, gt=0)  # ε of the finite differences
+    step: float = Field(0.05, gt=0)  # h, the line search's first step (parameter-space distance)
+    tol: float = Field(1e-3, gt=0)  # the line search stops within tol below ℓ_th
+    reflections: int = Field(10, ge=1)  # R: one checkpoint per boundary point
+    loss_batches: int = Field(4, ge=1)  # ℓ_train: a fixed, seeded sample of loss_batches × batch_size per env
+
+    def misfit(self, kind):
+        if self.hvp != "finite_difference" and self.fd_eps != BOA.model_fields["fd_eps"].default:
+            return "fd_eps", self.fd_eps, "fd_eps acts only with hvp 'finite_difference'"
+        return super().misfit(kind)
+
+    def idle(self) -> set[str]:
+        return {"base", "lr", "weight_decay", "momentum"} | ({"fd_eps"} if self.hvp != "finite_difference" else set())

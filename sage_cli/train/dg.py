@@ -292,7 +292,6 @@ class DGTask:
     resumable_anywhere = True
 
     def __init__(self, recipe: Recipe, data: DGData, runtime: Runtime):
-        seed = recipe.training.seed
         device = runtime.device
         self.recipe, self.data, self.device, self.runtime = recipe, data, device, runtime
         model = MODELS.get(recipe.backbone.name)(data.input_shape, data.n_classes, recipe.backbone, data.classes)
@@ -300,8 +299,7 @@ class DGTask:
         if runtime.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.objective = recipe.objective.build(self.model, len(data.train_envs), data.n_classes)
-        self.optimizer = build_optimizer(self.model, recipe.optimizer, seed=seed_hash(seed, "noise"),
-                                         extra=self.objective.parameters())
+        self.optimizer = self.make_optimizer()
         envs = [s["in"].env for s in data.splits]
         self.pipeline = Pipeline(envs, runtime.workers if not in_memory(envs) else 0,
                                  pin_memory=device.type == "cuda")
@@ -316,7 +314,13 @@ class DGTask:
         self.parts = {"model": self.model, "optimizer": self.optimizer, "objective": self.objective,
                       "batcher": self.batcher, "losses": self.losses}
         self.per_epoch = steps_per_epoch(recipe, data)
-        self.total_steps = total_steps(recipe, data)
+        self.total_steps = PROTOCOL.total_steps(recipe, data)
+
+    def make_optimizer(self):
+        """What updates the model: the recipe's optimizer method over the model's and the objective's
+        trainable parameters."""
+        seed = seed_hash(self.recipe.training.seed, "noise")
+        return build_optimizer(self.model, self.recipe.optimizer, seed=seed, extra=self.objective.parameters())
 
     def first_step(self, resumed_from: int) -> int:
         return resumed_from
@@ -412,10 +416,14 @@ class DGProtocol:
         return load_dg_data(recipe)
 
     def start(self, recipe: Recipe, data: DGData, runtime: Runtime) -> DGTask:
+        if recipe.optimizer.method == "boa":  # explores from a trained start instead of training
+            from .boa import BOATask
+
+            return BOATask(recipe, data, runtime)
         return DGTask(recipe, data, runtime)
 
     def total_steps(self, recipe: Recipe, data) -> int:
-        return total_steps(recipe, data)
+        return recipe.optimizer.reflections if recipe.optimizer.method == "boa" else total_steps(recipe, data)
 
     def loader_workers(self, recipe: Recipe, data: DGData) -> int:
         """Worker processes for the input pipeline: none for data held in memory."""

@@ -23,7 +23,7 @@ from .checkpoint import Record, Window, restore_training_state, save_training_st
 from .runtime import Runtime, configure
 
 # optimizer statistics averaged over the steps between two checkpoints
-STAT_KEYS = ("agreement", "noise_scale", "grad_norm", "perturbation_norm")
+STAT_KEYS = ("agreement", "noise_scale", "grad_norm", "perturbation_norm", "boa_alpha", "boa_threshold")
 
 
 class Task(Protocol):
