@@ -193,6 +193,27 @@ def figure_2(
     typer.echo(f"wrote {out / 'figure_2.png'}")
 
 
+@analysis_app.command("boa")
+def boa(
+    out: Path = typer.Option(Path("sage-analysis"), "--out", help="Folder for boa.png (created)."),
+    delta: float = typer.Option(0.3, "--delta", min=1e-6, help="Δℓ: the table is L̄ ≤ L̄(θ₀) + Δℓ."),
+    reflections: int = typer.Option(40, "--reflections", min=1, help="R, the boundary points."),
+):
+    """BOA (Li et al., ICLR 2026, from its published description) on Fig. 2's landscape, from where SAM ends:
+    every boundary point, its loss, and a PNG of the trajectory inside the table's wall."""
+    from .analysis import billiard
+
+    found = billiard.run(delta, reflections)
+    shown = found.points[:5] + found.points[-2:]
+    _table(f"BOA · ℓ_th = {found.threshold:.4f} · {len(found.points)} reflections (first 5, last 2)",
+           ["point", "θ", "L̄ there"],
+           [[str(found.points.index(p) + 1), "(" + ", ".join(f"{v:.3f}" for v in p) + ")",
+             f"{found.losses[found.points.index(p)]:.6f}"] for p in shown])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "boa.png").write_bytes(billiard.figure(found))
+    typer.echo(f"wrote {out / 'boa.png'}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(diagnose)
-    app.add_typer(analysis_app, name="analysis", short_help="The paper's worked examples (App. C, App. D, Fig. 2).")
+    app.add_typer(analysis_app, name="analysis", short_help="The paper's worked examples (App. C, App. D, Fig. 2) and BOA's billiard.")

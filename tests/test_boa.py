@@ -206,3 +206,20 @@ def test_boa_needs_its_start():
         start_checkpoint("/nope/x.pt", recipe)
     with pytest.raises(Exception, match="fd_eps acts only with hvp 'finite_difference'"):
         load_recipe(QUICKSTART, {"optimizer.method": "boa", "optimizer.fd_eps": 0.1})
+
+
+def test_sage_analysis_boa_draws_the_billiard_inside_the_tables_wall(tmp_path):
+    from typer.testing import CliRunner
+
+    from sage_cli.analysis import billiard, landscape
+    from sage_cli.cli import app
+
+    found = billiard.run(reflections=12)
+    start = float(landscape.aggregate(torch.tensor(found.start, dtype=torch.float64)))
+    assert found.threshold == pytest.approx(start + billiard.DELTA)
+    assert all(found.threshold - billiard.TOL <= loss <= found.threshold for loss in found.losses)
+    assert all(float(landscape.aggregate(torch.tensor(p, dtype=torch.float64))) == pytest.approx(loss)
+               for p, loss in zip(found.points, found.losses))
+    result = CliRunner().invoke(app, ["analysis", "boa", "--out", str(tmp_path), "--reflections", "6"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "boa.png").read_bytes()[:4] == b"\x89PNG" and "6 reflections" in result.output
