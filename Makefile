@@ -19,8 +19,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/sage run recipes/quickstart.yaml
 
+# two worker processes, a test file each at a time (module fixtures stay shared): most tests wait on
+# subprocesses, servers and SLURM, so two files overlap well on two cores
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check sage_cli tests bench

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from fixtures import make_tree
 
 from sage_cli.errors import UserError
 from sage_cli.models import MODELS
@@ -11,13 +10,6 @@ from sage_cli.train.dg import train_dg
 
 QUICKSTART = "recipes/quickstart.yaml"
 CLASSES = ["dog", "giraffe", "house"]
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_tree(root, "pacs", classes=CLASSES)
-    return root
 
 
 def _run(pacs, tmp_path, **backbone):
