@@ -32,6 +32,8 @@ class Method(Choice):
     # the keyword names of the implementation's constructor, for settings named otherwise in recipes
     rename: ClassVar[dict[str, str]] = {}
     implementation: ClassVar[str] = ""  # "module:Class"
+    # a method that does not train step by step (BOA): the DG task class that runs it, "module:Class"
+    task: ClassVar[str] = ""
 
     def misfit(self, kind):
         if self.base != "sgd" and self.momentum != Method.model_fields["momentum"].default:
@@ -279,6 +281,8 @@ class BOA(Method):
     tol: float = Field(1e-3, gt=0)  # the line search stops within tol below ℓ_th
     reflections: int = Field(10, ge=1)  # R: one checkpoint per boundary point
     loss_batches: int = Field(4, ge=1)  # ℓ_train: a fixed, seeded sample of loss_batches × batch_size per env
+    implementation: ClassVar[str] = "sage_cli.train.boa:Explorer"
+    task: ClassVar[str] = "sage_cli.train.boa:BOATask"
 
     def misfit(self, kind):
         if self.hvp != "finite_difference" and self.fd_eps != BOA.model_fields["fd_eps"].default:

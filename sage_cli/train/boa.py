@@ -56,11 +56,14 @@ class Explorer:
     """The BOA state a checkpoint holds (the billiard's θ, p, basis and ℓ_th) and the functions it measures
     the model by."""
 
-    def __init__(self, model, settings, batches):
-        self.model, self.settings, self.batches = model, settings, batches
+    def __init__(self, model, batches, *, init_from=None, delta_loss=0.1, krylov_dim=10, hvp="exact", fd_eps=1e-3,
+                 step=0.05, tol=1e-3, reflections=10, loss_batches=4):
+        # the settings' defaults (``settings/methods.py`` BOA), so a direct call means what a recipe does;
+        # init_from, reflections and loss_batches are the task's (the start, the step count, ``batches``)
+        self.model, self.batches = model, batches
+        self.krylov_dim, self.hvp, self.fd_eps = krylov_dim, hvp, fd_eps
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.billiard = Billiard(self.loss, self.grad, delta_loss=settings.delta_loss, step=settings.step,
-                                 tol=settings.tol)
+        self.billiard = Billiard(self.loss, self.grad, delta_loss=delta_loss, step=step, tol=tol)
         self.started = False
         self.stats: dict[str, float] = {}
 
@@ -79,13 +82,13 @@ class Explorer:
 
     def start(self) -> None:
         theta0 = parameters_to_vector(self.params).detach().clone()
-        if self.settings.hvp == "exact":
+        if self.hvp == "exact":
             with torch.enable_grad():
                 operator = HessianOperator(self._loss(theta0), self.params)
             hvp = operator
         else:
-            hvp = finite_difference_hvp(self.grad, theta0, self.grad(theta0), self.settings.fd_eps)
-        subspace = self.billiard.start(theta0, hvp, self.settings.krylov_dim)
+            hvp = finite_difference_hvp(self.grad, theta0, self.grad(theta0), self.fd_eps)
+        subspace = self.billiard.start(theta0, hvp, self.krylov_dim)
         self.started = True
         self.stats = {"boa_krylov_dim": float(subspace.basis.shape[1])}
 
@@ -126,7 +129,7 @@ class BOATask(DGTask):
         except Exception as exc:  # another backbone's or dataset's parameters, a damaged file
             raise UserError(f"optimizer.init_from: cannot load the model from {path} ({type(exc).__name__}); "
                             "is it a run of this backbone and dataset?") from None
-        return Explorer(self.model, settings, self._fixed_sample(settings.loss_batches))
+        return Explorer(self.model, self._fixed_sample(settings.loss_batches), **settings.own_settings())
 
     def _fixed_sample(self, batches: int):
         """Per training env, a seeded sample of its in split (drawn by a generator of its own), on the device."""

@@ -416,14 +416,14 @@ class DGProtocol:
         return load_dg_data(recipe)
 
     def start(self, recipe: Recipe, data: DGData, runtime: Runtime) -> DGTask:
-        if recipe.optimizer.method == "boa":  # explores from a trained start instead of training
-            from .boa import BOATask
+        if recipe.optimizer.task:  # a method that explores instead of training (BOA) brings its own task
+            from ..registry import resolve
 
-            return BOATask(recipe, data, runtime)
+            return resolve(recipe.optimizer.task)(recipe, data, runtime)
         return DGTask(recipe, data, runtime)
 
     def total_steps(self, recipe: Recipe, data) -> int:
-        return recipe.optimizer.reflections if recipe.optimizer.method == "boa" else total_steps(recipe, data)
+        return getattr(recipe.optimizer, "reflections", None) or total_steps(recipe, data)  # BOA: one a step
 
     def loader_workers(self, recipe: Recipe, data: DGData) -> int:
         """Worker processes for the input pipeline: none for data held in memory."""
