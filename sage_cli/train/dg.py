@@ -270,7 +270,7 @@ def select_training_domain(history: list[Record], train_envs) -> Record:
     return max(history, key=lambda c: sum(c.metrics[f"env{i}_out_acc"] for i in train_envs) / len(train_envs))
 
 
-def test_key(recipe: Recipe, env: int) -> str:
+def judged_key(recipe: Recipe, env: int) -> str:
     """The metric a run is judged by on a test env: its in split (DomainBed) or all its images."""
     return f"env{env}_{'all' if recipe.training.test_split == 'all' else 'in'}_acc"
 
@@ -282,7 +282,7 @@ def select(history: list[Record], recipe: Recipe, data: DGData) -> Record:
     selection = recipe.training.selection
     if selection == "training_domain":
         return select_training_domain(history, data.train_envs)
-    key = "merged_out_acc" if selection == "merged_source" else test_key(recipe, data.test_envs[0])
+    key = "merged_out_acc" if selection == "merged_source" else judged_key(recipe, data.test_envs[0])
     return max(history, key=lambda c: c.metrics[key])
 
 
@@ -443,7 +443,7 @@ class DGProtocol:
 
         data, last = result.data, result.history[-1].metrics
         test = data.test_envs[0]
-        key = test_key(recipe, test)
+        key = judged_key(recipe, test)
         target = last[key]
         chosen = select(result.history, recipe, data)
         selected = chosen.metrics[key]
