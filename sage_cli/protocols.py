@@ -4,7 +4,7 @@
 a ``protocol:`` key keeps its identity. ``protocol: disam`` is the protocol of the SAGE authors' public precursor
 code, on the DISAM code base (MediaBrain-SJTU/DISAM, cited per setting below). A preset only fills the settings a
 recipe leaves out: any of them can be given to override it. The resolved protocol is printed by ``sage validate``,
-logged with the run (``protocol.*`` params) and, when it is not ``domainbed``, its name is part of the run's
+logged with the run (the ``protocol`` param and the dataset and training params) and, when it is not ``domainbed``, its name is part of the run's
 identity (the settings it changed are already).
 
 Not for: the method (optimizer, objective, their settings) or where a run executes.
@@ -53,7 +53,6 @@ PRESETS: dict[str, dict[str, Setting]] = {
                                               "'test' list)"),
     },
 }
-NAMES = tuple(PRESETS)
 DEFAULT = "domainbed"
 KEYS = tuple(PRESETS[DEFAULT]) + ("training.epochs",)  # what a protocol decides (epochs: when counted in epochs)
 

@@ -35,10 +35,9 @@ def _differing_name(differ: list[str], sig: tuple) -> str:
     """``protocol=disam`` when the protocols differ (the settings it presets follow from it), else every key."""
     values = dict(sig)
     if "protocol" in differ:
-        from ..protocols import PRESETS
+        from ..protocols import KEYS
 
-        preset = set(PRESETS[values.get("protocol", "domainbed")]) if values.get("protocol") in PRESETS else set()
-        differ = ["protocol", *(k for k in differ if k != "protocol" and k not in preset and k != "training.epochs")]
+        differ = ["protocol", *(k for k in differ if k != "protocol" and k not in KEYS)]
     return ", ".join(f"{k}={values.get(k, chr(8212))}" for k in differ)
 
 

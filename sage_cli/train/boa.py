@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from ..analysis.hessian import HessianOperator
-from ..data.splits import load_batch, seed_hash, to_device
 from ..errors import UserError
 from ..optim.boa import Billiard, finite_difference_hvp
 from .dg import DGTask
@@ -129,19 +128,9 @@ class BOATask(DGTask):
         except Exception as exc:  # another backbone's or dataset's parameters, a damaged file
             raise UserError(f"optimizer.init_from: cannot load the model from {path} ({type(exc).__name__}); "
                             "is it a run of this backbone and dataset?") from None
-        return Explorer(self.model, self._fixed_sample(settings.loss_batches), **settings.own_settings())
-
-    def _fixed_sample(self, batches: int):
-        """Per training env, a seeded sample of its in split (drawn by a generator of its own), on the device."""
-        size = batches * self.recipe.training.batch_size
-        out = []
-        for i in self.data.train_envs:
-            split = self.data.splits[i]["in"]
-            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(
-                seed_hash(self.recipe.training.seed, "boa", i)))
-            x, y = load_batch(split.env, split.indices[order[:size]], train=False)
-            out.append(to_device(split.env, x, y, self.device))
-        return out
+        size = settings.loss_batches * self.recipe.training.batch_size
+        return Explorer(self.model, self.fixed_sample(size, self.recipe.training.seed, "boa"),
+                        **settings.own_settings())
 
     def step(self, step: int):
         loss = self.optimizer.step()

@@ -361,15 +361,22 @@ class DGTask:
     def distribution_losses(self, batches: int, seed: int):
         """Cross-entropy on each training env's fixed batches (drawn from its in split by a generator of
         its own: no training RNG moves)."""
-        size = batches * self.recipe.training.batch_size
         losses = []
-        for i in self.data.train_envs:
-            split = self.data.splits[i]["in"]
-            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed_hash(seed, "diagnose", i)))
-            x, y = to_device(split.env, *load_batch(split.env, split.indices[order[:size]], train=False), self.device)
+        for x, y in self.fixed_sample(batches * self.recipe.training.batch_size, seed, "diagnose"):
             with self.runtime.autocast():
                 losses.append(F.cross_entropy(self.model(x), y))
         return torch.stack(losses), [p for p in self.model.parameters() if p.requires_grad]
+
+    def fixed_sample(self, size: int, *key) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per training env, ``size`` images of its in split (evaluation pixels) drawn by a generator of its own,
+        seeded by ``key`` and the env, so no training RNG moves; on the device."""
+        out = []
+        for i in self.data.train_envs:
+            split = self.data.splits[i]["in"]
+            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed_hash(*key, i)))
+            out.append(to_device(split.env, *load_batch(split.env, split.indices[order[:size]], train=False),
+                                 self.device))
+        return out
 
     def position_at(self, step: int) -> int | None:
         if self.recipe.training.unit == "epochs":  # after each epoch's last step
