@@ -158,10 +158,14 @@ class Recipe(Section):
 
     def hparams_hash(self) -> str:
         """The identity without the trial seed and the held-out envs: runs of one hyper-parameter setting
-        (DomainBed's ``hparams_seed``), which model selection chooses between."""
+        (DomainBed's ``hparams_seed``), which model selection chooses between. A start a sweep planned
+        (``init_from: hash:…``, BOA from the SAM job of the same seed and envs) varies with them, so it is left out
+        too: the BOA runs of every held-out set are one setting, as LOO selection needs."""
         ident = self.identity()
         ident["dataset"].pop("test_envs", None)
         ident["training"].pop("seed", None)
+        if str(ident["optimizer"].get("init_from", "")).startswith("hash:"):
+            ident["optimizer"].pop("init_from")
         return _digest(ident)
 
     @property

@@ -167,8 +167,9 @@ class SweepConfig(Section):
     one point of it (the recipe's own seed and test envs). Not part of a run's identity."""
 
     seeds: list[int] = Field(default_factory=lambda: [0])
-    # all: leave-one-domain-out over every env; pairs: also every pair of envs held out (for LOO selection)
-    test_envs: Literal["all", "pairs"] | list[int] = "all"
+    # all: leave-one-domain-out over every env; pairs: also every pair of envs held out (for LOO selection);
+    # a list's entry may be a list of envs held out together, e.g. [5, [0, 5], [1, 5]]
+    test_envs: Literal["all", "pairs"] | list[int | list[int]] = "all"
 
 
 class SlurmConfig(Section):

@@ -1,6 +1,9 @@
-"""BOA's parts on landscapes whose contours are known in closed form (quadratics, App. C's two-domain model)."""
+"""BOA's parts on landscapes whose contours are known in closed form (quadratics, App. C's two-domain model);
+BOA runs and sweeps from a SAM start."""
 
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -132,17 +135,67 @@ BOA = ["--set", "optimizer.method=boa", "--set", "optimizer.reflections=4", "--s
        "--set", "optimizer.loss_batches=1", "--set", "optimizer.delta_loss=0.2"]
 
 
+LOO = "[5, [0, 5], [1, 5], [2, 5], [3, 5], [4, 5]]"  # env 5 held out alone and with each other env: its LOO
+
+
 @pytest.fixture(scope="module")
-def sam_start(tmp_path_factory):
-    """A quickstart SAM run, the trained start."""
+def loo_sweep(tmp_path_factory):
+    """A digits sweep of SAM and BOA-from-SAM over env 5's leave-one-domain-out sets (12 jobs, 2 at a time)."""
     from sweep_helpers import ROOT, sage
 
     cwd = tmp_path_factory.mktemp("boa")
-    proc = sage(["run", str(ROOT / QUICKSTART), "--set", "optimizer.method=sam", "--set", "training.steps=60",
-                 "--set", "training.checkpoint_freq=30"], cwd)
-    assert proc.returncode == 0, proc.stderr
-    run_id = proc.stdout.split("mlflow run ")[1].split()[0]
-    return cwd, run_id
+    (cwd / "exp.yaml").write_text(
+        f"name: boaloo\nrecipes: [{ROOT / QUICKSTART}]\noverrides: {{training.steps: 40, training.checkpoint_freq: 20}}\n"
+        "methods:\n  SAM: {optimizer.method: sam, optimizer.rho: 0.05}\n  BOA: {optimizer.method: boa, "
+        "optimizer.init_from: SAM, optimizer.reflections: 3, optimizer.krylov_dim: 3, optimizer.loss_batches: 1}\n"
+        f"seeds: [0]\ntest_envs: {LOO}\n")
+    proc = sage(["sweep", str(cwd / "exp.yaml"), "--max-parallel", "2"], cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def sam_start(loo_sweep):
+    """The sweep's SAM run holding out env 5 alone: a trained start."""
+    from sweep_helpers import child_runs
+
+    _client, runs = child_runs(f"sqlite:///{loo_sweep / 'mlflow.db'}")
+    [run] = [r for r in runs if r.data.tags.get("sage.label") == "SAM" and r.data.tags["sage.test_envs"] == "5"]
+    return loo_sweep, run.info.run_id
+
+
+def test_a_sweep_runs_each_boa_job_after_its_sam_start_and_the_report_selects_along_trajectories(loo_sweep):
+    from sweep_helpers import child_runs, sage
+
+    _client, runs = child_runs(f"sqlite:///{loo_sweep / 'mlflow.db'}")
+    by_label = {lab: {r.data.tags["sage.test_envs"]: r for r in runs if r.data.tags.get("sage.label") == lab}
+                for lab in ("SAM", "BOA")}
+    assert len(by_label["SAM"]) == len(by_label["BOA"]) == 6
+    for envs, boa in by_label["BOA"].items():
+        sam = by_label["SAM"][envs]  # the start of the same held-out envs, finished before BOA began
+        assert boa.data.params["optimizer.init_from"] == f"hash:{sam.data.tags['sage.recipe_hash']}"
+        assert boa.info.start_time >= sam.info.end_time
+    for selection in ("training", "loo", "oracle"):
+        report = json.loads(sage(["report", "boaloo", "--selection", selection, "--format", "json"], loo_sweep).stdout)
+        [cell] = [r for r in report["dg"] if r["method"] == "BOA" and r["test_env"] == 5]
+        assert cell["mean"] is not None, selection  # chosen along the trajectories; LOO from the five pair runs
+    plan = sage(["sweep", str(loo_sweep / "exp.yaml"), "--dry-run"], loo_sweep, env={"COLUMNS": "200"})
+    assert "12 jobs (0 to run, 12 already finished)" in plan.stdout
+
+
+def test_a_job_whose_start_failed_is_skipped(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from sage_cli.launch.local import run_local
+    from sage_cli.launch.state import JobRecord, SweepState
+
+    monkeypatch.setenv("SAGE_SWEEPS", str(tmp_path))
+    start = JobRecord("s", "SAM", str(tmp_path / "missing.json"))  # `sage run` of no file: exits 2 at once
+    boa = JobRecord("b", "BOA", str(tmp_path / "missing.json"), after="s")
+    state = SweepState("deps", "deps", "sqlite:///unused.db", "e", jobs={"s": start, "b": boa})
+    state.dir.mkdir(parents=True)
+    status = run_local(state, [start, boa], 2, Console(file=open(os.devnull, "w")))
+    assert status == {"s": "failed", "b": "skipped"} and boa.scheduler_id == ""  # never started
 
 
 def test_sage_run_explores_from_a_sam_run_and_the_report_reads_the_trajectory(sam_start):

@@ -166,3 +166,23 @@ def test_gpu_recipe_asks_for_one_gpu_and_a_cpu_per_worker():
     assert job_resources(four.slurm, four) == (5, 1)
     given = load_recipe(QUICKSTART, {"slurm.gpus_per_node": 2, "slurm.cpus_per_task": 3})
     assert job_resources(given.slurm, given) == (3, 2)
+
+
+def test_boa_is_submitted_to_wait_for_its_sam_start(tmp_path):
+    exp = tmp_path / "boa.yaml"
+    exp.write_text(f"name: boa\nrecipes: [{QUICKSTART}]\noverrides: {{training.steps: 3, training.checkpoint_freq: 2, "
+                   "training.batch_size: 8}\nmethods:\n  SAM: {optimizer.method: sam}\n  BOA: {optimizer.method: boa, "
+                   "optimizer.init_from: SAM, optimizer.reflections: 1, optimizer.krylov_dim: 2, "
+                   "optimizer.loss_batches: 1}\nseeds: [0]\ntest_envs: [5]\n")
+    proc = sage(["sweep", str(exp), *SLURM], tmp_path, env={"COLUMNS": "200"})
+    assert proc.returncode == 0 and "(1 of them wait for the job they start from)" in proc.stdout, proc.stdout
+    jobs = {j["label"].split()[1]: j for j in _sweep_state(tmp_path)["jobs"].values()}
+    scripts = {p.name.split("_submission")[0]: p.read_text() for p in (tmp_path / "sweeps").glob("*/slurm/*_submission.sh")}
+    boa_script = next(text for name, text in scripts.items() if name == jobs["BOA"]["scheduler_id"])
+    assert f"--dependency=afterok:{jobs['SAM']['scheduler_id']}" in boa_script
+    assert "--kill-on-invalid-dep=yes" in boa_script
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = _wait(lambda: {r.data.tags["sage.label"]: r for r in child_runs(uri)[1] if r.info.status == "FINISHED"}
+                 if len([r for r in child_runs(uri)[1] if r.info.status == "FINISHED"]) == 2 else None, 300,
+                 "SAM and BOA FINISHED")
+    assert done["BOA"].info.start_time >= done["SAM"].info.end_time

@@ -14,6 +14,7 @@ import pytest
 from sweep_helpers import QUICKSTART, ROOT, TINY, child_runs, runs, sage, start_sweep, wait_for_running_job
 
 from sage_cli.launch.plan import COMPONENTS, expand, load_experiment
+from sage_cli.errors import UserError
 from sage_cli.recipe import load_recipe
 
 
@@ -254,16 +255,16 @@ def test_sweep_set_shrinks_every_job_and_is_part_of_its_identity(tmp_path):
     small = sage(["sweep", exp, "--dry-run", "--seeds", "0", "--test-envs", "0", "--set", "training.steps=40",
                   "--set", "training.checkpoint_freq=10"], tmp_path, env={"COLUMNS": "200"})
     assert plain.returncode == 0 and small.returncode == 0, small.stderr
-    assert "3 jobs (3 to run" in small.stdout
+    assert "4 jobs (4 to run" in small.stdout  # ERM, SAM, SAGE and BOA after SAM
     import re
 
     hashes = set(re.findall(r"\b[0-9a-f]{16}\b", plain.stdout))
-    assert len(hashes) == 3 and hashes.isdisjoint(re.findall(r"\b[0-9a-f]{16}\b", small.stdout))
+    assert len(hashes) == 4 and hashes.isdisjoint(re.findall(r"\b[0-9a-f]{16}\b", small.stdout))
     from sage_cli.launch.plan import load_experiment
 
     jobs = load_experiment(exp, [0], [0], overrides={"training.steps": 40}).jobs
     assert {j.recipe.training.steps for j in jobs} == {40} and {j.recipe.optimizer.method for j in jobs} == {
-        "erm", "sam", "sage"}
+        "erm", "sam", "sage", "boa"}
     assert "--set 'training.steps'" in one_line(sage(["sweep", exp, "--dry-run", "--set", "training.steps"], tmp_path))
 
 
@@ -296,3 +297,16 @@ def test_sweep_status_and_report_agree_on_a_job_reused_from_an_earlier_run(tmp_p
     report = json.loads(sage(["report", "reuse", "--format", "json"], tmp_path).stdout)
     [cell] = [r for r in report["dg"] if r["method"] == "ERM" and r["test_env"] == 5]
     assert cell["n"] == 2 and cell["sem"] is not None and report["not_finished"] == []
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("{A: {optimizer.method: boa, optimizer.init_from: B}, B: {optimizer.method: boa, optimizer.init_from: A}}",
+     "the methods A, B start from each other in a circle"),
+    ("{SAM: {optimizer.method: sam}, BOA: {optimizer.method: boa, optimizer.init_from: SAM}}",
+     "optimizer.init_from: 2 jobs to start from at seed 0"),  # SAM's ρ grid: which of the two?
+])
+def test_a_method_started_from_another_is_planned_only_when_its_start_is_one_job(tmp_path, methods, message):
+    exp = tmp_path / "e.yaml"
+    exp.write_text(f"recipes: [{QUICKSTART}]\nmethods: {methods}\ngrid: {{optimizer.rho: [0.01, 0.05]}}\n")
+    with pytest.raises(UserError, match=message):
+        load_experiment(exp, [0], [5])

@@ -1,4 +1,5 @@
-"""The local launcher: a pool of ``max_parallel`` `sage run` processes with a live table. Ctrl-C (or
+"""The local launcher: a pool of ``max_parallel`` `sage run` processes with a live table; a job that starts from
+another (``JobRecord.after``: BOA from SAM) waits for it, and is skipped when it did not finish. Ctrl-C (or
 `sage cancel`) stops the running jobs cleanly (each marks its MLflow run KILLED; its checkpoint stays for
 the next attempt)."""
 
@@ -18,7 +19,9 @@ from ..interrupts import InterruptGuard
 from ..processes import alive, start_time
 from .state import JobRecord, SweepState
 
-STYLE = {"queued": "dim", "running": "yellow", "finished": "green", "failed": "red", "cancelled": "magenta"}
+STYLE = {"queued": "dim", "running": "yellow", "finished": "green", "failed": "red", "cancelled": "magenta",
+         "skipped": "red"}
+ENDED_BADLY = ("failed", "cancelled", "skipped")  # a job that starts from one of these is skipped
 
 
 def _table(state: SweepState, status: dict[str, str]) -> Table:
@@ -146,8 +149,15 @@ def run_local(state: SweepState, jobs: list[JobRecord], max_parallel: int, conso
                         status[job.hash], job.status, job.cancelled = "cancelled", "cancelled", True
                     pending = []
                     state.save()
-                while pending and len(running) < max_parallel:
-                    job = pending.pop(0)
+                for job in [j for j in pending if status.get(j.after) in ENDED_BADLY]:
+                    pending.remove(job)  # its start will never finish: nothing to explore from
+                    status[job.hash] = job.status = "skipped"
+                    state.save()
+                while len(running) < max_parallel:
+                    job = next((j for j in pending if status.get(j.after, "finished") == "finished"), None)
+                    if job is None:  # nothing left, or every pending job waits for its start
+                        break
+                    pending.remove(job)
                     gpu = _least_used(gpus, [g for _j, _p, g in running.values()])
                     running[job.hash] = (job, _start(state, job, threads, gpu), gpu)
                     status[job.hash] = "running"

@@ -41,6 +41,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
 class Job:
     label: str  # human-readable: what varies
     recipe: Recipe
+    after: str = ""  # the hash of the job this one starts from (BOA's ``init_from``): it runs once that one finished
     hash: str = field(init=False)
 
     def __post_init__(self):
@@ -68,7 +69,8 @@ def acts(data: dict, dotted: str) -> bool:
 
 def test_env_values(recipe: Recipe, spec) -> list[list[int] | None]:
     """The held-out env sets to run: each env alone (``all`` or a list), plus every pair with ``pairs`` (what
-    DomainBed's leave-one-domain-out selection needs)."""
+    DomainBed's leave-one-domain-out selection needs); an entry of a list may itself be a list of envs, e.g.
+    ``[5, [0, 5], [1, 5]]`` for LOO of env 5 alone."""
     if recipe.kind == "mtl":  # multi-task: no environments to hold out
         return [None]
     n = len(DATASETS.entry(recipe.dataset.name).envs)
@@ -77,11 +79,27 @@ def test_env_values(recipe: Recipe, spec) -> list[list[int] | None]:
     if spec in ("all", "pairs"):
         singles = [[t] for t in range(n)]
         return singles + ([list(p) for p in itertools.combinations(range(n), 2)] if spec == "pairs" else [])
-    values = [int(v) for v in spec]
-    for v in values:
+    sets = [sorted({int(v) for v in (item if isinstance(item, (list, tuple)) else [item])}) for item in spec]
+    for v in (v for envs in sets for v in envs):
         if not 0 <= v < n:
             raise UserError(f"test env {v} is out of range: {recipe.dataset.name} has envs 0..{n - 1}")
-    return [[v] for v in values]
+    return sets
+
+
+def _start_order(variants: dict[str, dict[str, Any]], where: str) -> list[tuple[str, str]]:
+    """(variant, the variant it starts from or "") in an order where every start comes before the variants that
+    explore from it: a variant whose ``optimizer.init_from`` names another variant's label (BOA from SAM)."""
+    starts = {v: o.get("optimizer.init_from") if o.get("optimizer.init_from") in variants else "" for v, o in
+              variants.items()}
+    order: list[tuple[str, str]] = []
+    while len(order) < len(starts):
+        placed = {v for v, _ in order}
+        ready = [(v, s) for v, s in starts.items() if v not in placed and (not s or s in placed)]
+        if not ready:
+            raise UserError(f"{where}: optimizer.init_from: the methods {', '.join(sorted(set(starts) - placed))} "
+                            "start from each other in a circle")
+        order += ready
+    return order
 
 
 def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[str, Any]] | None = None,
@@ -89,13 +107,18 @@ def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[
            notes: list[str] | None = None) -> list[Job]:
     """Every combination of ``axes`` (dotted key → values) × ``variants`` (label → overrides) × seeds ×
     test envs, each a validated recipe; one job per distinct identity. An axis that the variant's method
-    does not read is dropped for that variant, with a line in ``notes``, rather than planning duplicates."""
+    does not read is dropped for that variant, with a line in ``notes``, rather than planning duplicates.
+    A variant whose ``optimizer.init_from`` is another variant's label explores from that variant's job of
+    the same seed, test envs and shared grid values: it gets ``init_from: hash:<that job's hash>`` and runs
+    after it (``Job.after``)."""
     base = recipe.given()
     variants = variants or {"": {}}
     seeds = seeds if seeds is not None else list(recipe.sweep.seeds)
     envs = test_env_values(recipe, test_envs)
     jobs: dict[str, Job] = {}
-    for variant, overrides in variants.items():
+    made: dict[str, list[tuple[dict, int, Any, Job]]] = {}  # variant → (grid point, seed, envs, job)
+    for variant, start in _start_order(variants, source):
+        overrides = variants[variant]
         picked = apply_overrides(base, overrides)
         idle = [k for k in axes if not acts(picked, k)]
         for key in idle:
@@ -111,15 +134,31 @@ def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[
             for seed in seeds:
                 for env in envs:
                     all_overrides = {**point, **overrides, "training.seed": seed}
+                    after = _start_job(made.get(start, []), point, seed, env, f"{source}: {variant}") if start else None
+                    if after is not None:
+                        all_overrides["optimizer.init_from"] = f"hash:{after.hash}"
                     if variant:  # the row label of reports
                         all_overrides["tracking.label"] = variant
                     if env is not None:
                         all_overrides["dataset.test_envs"] = env
                     parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \
                             [f"seed={seed}"] + ([f"env={','.join(map(str, env))}"] if env is not None else [])
-                    job = Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source))
-                    jobs.setdefault(job.hash, job)
+                    job = Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source),
+                              after.hash if after is not None else "")
+                    job = jobs.setdefault(job.hash, job)
+                    made.setdefault(variant, []).append((point, seed, env, job))
     return list(jobs.values())
+
+
+def _start_job(candidates, point: dict, seed: int, env, where: str) -> Job:
+    """The one start job of the same seed and envs whose grid values agree with ``point`` on the keys both have."""
+    found = [job for p, s, e, job in candidates
+             if s == seed and e == env and all(p[k] == v for k, v in point.items() if k in p)]
+    if len(found) != 1:
+        raise UserError(f"{where}: optimizer.init_from: {len(found)} jobs to start from at seed {seed}"
+                        f"{f', test envs {env}' if env is not None else ''}; a grid the start reads and this method "
+                        "does not leaves it ambiguous")
+    return found[0]
 
 
 def sweep_id(name: str, jobs: list[Job]) -> str:

@@ -137,7 +137,9 @@ def _executor(state: SweepState, cfg: SlurmConfig, cpus: int, gpus: int) -> subm
 
 
 def submit(state: SweepState, jobs: list[JobRecord], cfg: SlurmConfig, console: Console) -> list[str]:
-    """Submit ``jobs`` as arrays and return at once with their SLURM ids."""
+    """Submit ``jobs`` as arrays and return at once with their SLURM ids. A job that starts from another job of
+    this submission (``after``: BOA from SAM) is submitted alone with ``--dependency=afterok:<that job>``, and
+    cancelled by SLURM if that one does not finish (``--kill-on-invalid-dep=yes``)."""
     if not jobs:
         console.print("nothing to submit")
         return []
@@ -150,21 +152,33 @@ def submit(state: SweepState, jobs: list[JobRecord], cfg: SlurmConfig, console: 
     env = {**state.job_environment(), "OMP_NUM_THREADS": str(cpus)}
     if gpus:
         env[GPU_EXPECTED] = "1"  # the job refuses to train on the CPU if SLURM's GPU is not visible to it
+    submitting = {j.hash for j in jobs}
+    free = [j for j in jobs if j.after not in submitting]
     chunk = max(1, max_array_size())
-    ids: list[str] = []
-    for start in range(0, len(jobs), chunk):
-        part = jobs[start:start + chunk]
+    for start in range(0, len(free), chunk):
+        part = free[start:start + chunk]
         with executor.batch():
             submitted = [executor.submit(SweepJob(j.recipe_path, env)) for j in part]
         for record, job in zip(part, submitted):
-            record.scheduler_id = str(job.job_id)
-            record.log_path = str(Path(job.paths.stdout))
-            record.status = ""
-            ids.append(str(job.job_id))
+            _submitted(record, job)
+    for record in (j for j in jobs if j.after in submitting):  # in plan order: a start before what follows it
+        executor.update_parameters(slurm_additional_parameters={
+            **cfg.additional_parameters, "dependency": f"afterok:{state.jobs[record.after].scheduler_id}",
+            "kill_on_invalid_dep": "yes"})
+        _submitted(record, executor.submit(SweepJob(record.recipe_path, env)))
     state.save()
+    ids = [j.scheduler_id for j in jobs]
     arrays = sorted({i.split("_")[0] for i in ids}, key=int)
-    console.print(f"submitted {len(ids)} jobs to SLURM as array(s) {', '.join(arrays)}")
+    waiting = len(jobs) - len(free)
+    console.print(f"submitted {len(ids)} jobs to SLURM as array(s) {', '.join(arrays)}"
+                  + (f" ({waiting} of them wait for the job they start from)" if waiting else ""))
     return ids
+
+
+def _submitted(record: JobRecord, job) -> None:
+    record.scheduler_id = str(job.job_id)
+    record.log_path = str(Path(job.paths.stdout))
+    record.status = ""
 
 
 def cancel(job_ids: list[str]) -> None:

@@ -25,6 +25,7 @@ class JobRecord:
     status: str = ""  # the launcher's own word: finished / failed / cancelled / skipped
     cancelled: bool = False
     started: str = ""  # a local job's process start time: with its PID, who may be signalled
+    after: str = ""  # the hash of the job it starts from (BOA from SAM): started once that one has finished
 
 
 @dataclass

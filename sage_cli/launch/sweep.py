@@ -48,8 +48,11 @@ def job_table(plan: SweepPlan, limit: int = 200) -> Table:
     table = Table(title=f"sweep {plan.id}", title_justify="left")
     for col in ("#", "job", "hash", "state"):
         table.add_column(col)
+    number = {j.hash: i for i, j in enumerate(plan.jobs)}
     for i, job in enumerate(plan.jobs[:limit]):
-        table.add_row(str(i), job.label, job.hash, "finished" if job.hash in plan.finished else "to run")
+        waits = job.after and job.after not in plan.finished
+        table.add_row(str(i), job.label, job.hash, "finished" if job.hash in plan.finished else
+                      f"to run after #{number[job.after]}" if waits else "to run")
     if len(plan.jobs) > limit:
         table.add_row("…", f"{len(plan.jobs) - limit} more", "", "")
     return table
@@ -98,7 +101,7 @@ def record(plan: SweepPlan, launcher: str) -> SweepState:
                                          previous.scheduler_id if previous else "",
                                          previous.log_path if previous else "",
                                          "finished" if job.hash in plan.finished else "",
-                                         started=previous.started if previous else "")
+                                         started=previous.started if previous else "", after=job.after)
     state.save()
     return state
 

@@ -272,7 +272,9 @@ class BOA(Method):
 
     method: Literal["boa"] = "boa"
     fits: ClassVar[tuple[str, ...]] = ("dg",)
-    init_from: str | None = None  # a checkpoint file, a recipe (its run's checkpoint) or an MLflow run id
+    # a checkpoint file, a recipe (its run's checkpoint), an MLflow run id or hash:<recipe hash>; in an experiment
+    # file, another method's label (BOA from SAM: each job starts from that method's job of its seed and envs)
+    init_from: str | None = None
     delta_loss: float = Field(0.1, gt=0)  # Δℓ above the start's training loss
     krylov_dim: int = Field(10, ge=1, le=50)  # k (the description: 5–20)
     hvp: Literal["exact", "finite_difference"] = "exact"  # double backward, or (∇ℓ(θ₀ + εv) − ∇ℓ(θ₀))/ε

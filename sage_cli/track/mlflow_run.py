@@ -190,6 +190,19 @@ def finished_hashes(uri: str) -> set[str]:
     return done
 
 
+def finished_run_of(uri: str, recipe_hash: str) -> str | None:
+    """The id of the latest FINISHED run of the recipe identity ``recipe_hash`` in the store, or None."""
+    from mlflow.tracking import MlflowClient
+
+    check_store(uri, read_only=True)
+    client = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(ids, filter_string=f"attributes.status = 'FINISHED' and tags.`sage.recipe_hash` = "
+                                                  f"'{recipe_hash}'", order_by=["attributes.end_time DESC"],
+                               max_results=1) if ids else []
+    return found[0].info.run_id if found else None
+
+
 def sweep_runs(uri: str, sweep_id: str) -> list:
     """Every child run of a sweep (any status)."""
     from mlflow.tracking import MlflowClient

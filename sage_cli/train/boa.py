@@ -24,8 +24,9 @@ from .dg import DGTask
 
 
 def start_checkpoint(init_from: str | None, recipe) -> Path:
-    """The checkpoint file ``init_from`` names: a file, a recipe (its run's checkpoint under its output folder)
-    or an MLflow run id; its run must hold out the same envs of the same dataset."""
+    """The checkpoint file ``init_from`` names: a file, a recipe (its run's checkpoint under its output folder),
+    an MLflow run id, or ``hash:<recipe hash>`` (the finished run of that identity in this recipe's store: what a
+    sweep plans for BOA from its SAM job); its run must hold out the same envs of the same dataset."""
     from .diagnose import locate
     from .runner import checkpoint_path_for
 
@@ -41,6 +42,15 @@ def start_checkpoint(init_from: str | None, recipe) -> Path:
             raise UserError(f"optimizer.init_from {init_from}: its run has no checkpoint at {path}; run it first "
                             f"(sage run {init_from})")
     else:
+        if init_from.startswith("hash:"):
+            from ..track.mlflow_run import finished_run_of, resolve_tracking_uri
+
+            uri = resolve_tracking_uri(recipe.tracking.uri)
+            run_id = finished_run_of(uri, init_from[len("hash:"):])
+            if run_id is None:
+                raise UserError(f"optimizer.init_from {init_from}: no finished run of that recipe in {uri}; its "
+                                "start job has not finished")
+            init_from = run_id
         target = locate(init_from, tracking_uri=recipe.tracking.uri)
         start, path = target.recipe, target.checkpoint
     same = (start.dataset.name, list(start.dataset.test_envs)) == (recipe.dataset.name, list(recipe.dataset.test_envs))
