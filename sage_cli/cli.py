@@ -357,6 +357,8 @@ def sweep(
     experiment: Path = typer.Argument(..., help="Experiment YAML file (recipes × methods × grid)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " On every job, as the file's "
                                              "overrides: (before its methods and grid); part of each identity."),
+    n_hparams: Optional[int] = typer.Option(None, "--n-hparams", min=1, help="Random search: draws per (method, "
+                                            "dataset), draw 0 = the recipe's values (the file's search: sets the rest)."),
     seeds: Optional[str] = LAUNCH_OPTIONS["seeds"],
     test_envs: Optional[str] = LAUNCH_OPTIONS["test_envs"],
     launcher: str = LAUNCH_OPTIONS["launcher"],
@@ -365,7 +367,7 @@ def sweep(
     force: bool = LAUNCH_OPTIONS["force"],
     tracking_uri: Optional[str] = LAUNCH_OPTIONS["tracking_uri"],
 ):
-    """Run an experiment file: its recipes × method overrides × grid × seeds × test envs."""
+    """Run an experiment file: its recipes × method overrides × grid [× random-search draws] × seeds × test envs."""
     try:
         from .launch.plan import load_experiment, sweep_id
 
@@ -373,7 +375,7 @@ def sweep(
         from .recipe import parse_overrides
 
         exp = load_experiment(experiment, _split(seeds, int, "seeds"), _test_envs(test_envs), notes,
-                              parse_overrides(set_))
+                              parse_overrides(set_), n_hparams)
         _print_notes(notes)
         _launch(sweep_id(exp.name, exp.jobs), exp.name, exp.jobs, tracking_uri, exp.tracking_experiment, exp.slurm,
                 launcher, max_parallel, dry_run, force)

@@ -44,6 +44,15 @@ class Preempted(Exception):
         self.step = step
 
 
+class Pruned(Exception):
+    """A random search's draw fell behind its peers at a checkpoint (``search/prune.py``): the run stops there and
+    is recorded FINISHED with the tag ``sage.pruned``, so that no sweep runs it again and no selection picks it."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"pruned at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
 class Stopped(KeyboardInterrupt):
     """Ctrl-C or SIGTERM obeyed once the MLflow run existed: the run is marked KILLED, its checkpoint kept. A
     plain KeyboardInterrupt from ``sage run`` came before any run existed: nothing was recorded."""

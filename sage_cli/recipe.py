@@ -166,6 +166,8 @@ class Recipe(Section):
         ident["training"].pop("seed", None)
         if str(ident["optimizer"].get("init_from", "")).startswith("hash:"):
             ident["optimizer"].pop("init_from")
+            if self.tracking.draw is not None:  # BOA from each draw of its start: one setting per draw
+                ident["draw"] = self.tracking.draw
         return _digest(ident)
 
     @property

@@ -4,11 +4,12 @@ pick a part by name (optimizer, objective, aggregator) are the parts' own settin
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .catalog import DATASETS, MODELS, dataset_kind
+from .settings.distributions import DOMAINBED, ByDataset, Dist
 from .settings import Section, non_defaults
 
 
@@ -108,6 +109,10 @@ class BackboneConfig(Section):
 
 
 class TrainingConfig(Section):
+    # random search (``search/``): the batch size's distribution, DomainBed's
+    search: ClassVar[dict] = {"batch_size": ByDataset(
+        Dist("log2", (3, 5.5), int, "batch_size", DOMAINBED), small=Dist("log2", (3, 9), int, "batch_size", DOMAINBED),
+        named={"DomainNet": Dist("log2", (3, 5), int, "batch_size", DOMAINBED)})}
     steps: int = Field(5001, gt=0)
     batch_size: int = Field(32, gt=0)
     checkpoint_freq: int = Field(300, gt=0)
@@ -170,6 +175,11 @@ class SweepConfig(Section):
     # all: leave-one-domain-out over every env; pairs: also every pair of envs held out (for LOO selection);
     # a list's entry may be a list of envs held out together, e.g. [5, [0, 5], [1, 5]]
     test_envs: Literal["all", "pairs"] | list[int | list[int]] = "all"
+    # a random search's early stopping (an experiment's search.prune, set on each of its jobs): a draw whose
+    # training-domain validation accuracy falls below its peers' median (or out of ASHA's top 1/asha_eta) at a
+    # checkpoint stops there, marked pruned
+    prune: Literal["none", "median", "asha"] = "none"
+    asha_eta: int = Field(3, ge=2)
 
 
 class SlurmConfig(Section):
@@ -189,3 +199,6 @@ class TrackingConfig(Section):
     uri: str | None = None
     experiment: str = "sage"
     label: str | None = None  # the row label in reports (a sweep sets it from the experiment's method names)
+    # a random search's draw (set by the sweep): its index (0 = the recipe's values) and the settings it drew
+    draw: int | None = Field(None, ge=0)
+    searched: list[str] = Field(default_factory=list)

@@ -104,19 +104,22 @@ def _start_order(variants: dict[str, dict[str, Any]], where: str) -> list[tuple[
 
 def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[str, Any]] | None = None,
            seeds: list[int] | None = None, test_envs=None, source: str = "recipe", label: str = "",
-           notes: list[str] | None = None) -> list[Job]:
+           notes: list[str] | None = None, search=None) -> list[Job]:
     """Every combination of ``axes`` (dotted key → values) × ``variants`` (label → overrides) × seeds ×
-    test envs, each a validated recipe; one job per distinct identity. An axis that the variant's method
-    does not read is dropped for that variant, with a line in ``notes``, rather than planning duplicates.
-    A variant whose ``optimizer.init_from`` is another variant's label explores from that variant's job of
-    the same seed, test envs and shared grid values: it gets ``init_from: hash:<that job's hash>`` and runs
-    after it (``Job.after``)."""
+    [``search`` draws ×] test envs, each a validated recipe; one job per distinct identity. An axis that the
+    variant's method does not read is dropped for that variant, with a line in ``notes``, rather than planning
+    duplicates. A variant whose ``optimizer.init_from`` is another variant's label explores from that variant's
+    job of the same seed, test envs, draw and shared grid values: it gets ``init_from: hash:<that job's hash>`` and
+    runs after it (``Job.after``); a variant with nothing to search (BOA) takes its start's draws."""
+    from ..search.draws import draw, searched_keys
+
     base = recipe.given()
     variants = variants or {"": {}}
     seeds = seeds if seeds is not None else list(recipe.sweep.seeds)
     envs = test_env_values(recipe, test_envs)
     jobs: dict[str, Job] = {}
-    made: dict[str, list[tuple[dict, int, Any, Job]]] = {}  # variant → (grid point, seed, envs, job)
+    made: dict[str, list[tuple[dict, int, Any, int, Job]]] = {}  # variant → (grid point, seed, envs, draw, job)
+    draws_of: dict[str, list[int]] = {}
     for variant, start in _start_order(variants, source):
         overrides = variants[variant]
         picked = apply_overrides(base, overrides)
@@ -129,31 +132,43 @@ def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[
                 notes.append(f"{' '.join(p for p in (label, variant) if p) or source}: {setting} does not act on "
                              f"{CHOICES[section].kind} '{name}'; its grid is left out")
         keys = [k for k in axes if k not in idle]
+        plain = resolve(base, {k: v for k, v in overrides.items() if k != "optimizer.init_from"}, source)
+        searched = searched_keys(plain, search.keys) if search else []
+        draws_of[variant] = list(range(search.n)) if searched else draws_of.get(start, [0]) if start else [0]
+        name = variant or plain.label
         for values in itertools.product(*(axes[k] for k in keys)):
             point = dict(zip(keys, values))
             for seed in seeds:
-                for env in envs:
-                    all_overrides = {**point, **overrides, "training.seed": seed}
-                    after = _start_job(made.get(start, []), point, seed, env, f"{source}: {variant}") if start else None
-                    if after is not None:
-                        all_overrides["optimizer.init_from"] = f"hash:{after.hash}"
-                    if variant:  # the row label of reports
-                        all_overrides["tracking.label"] = variant
-                    if env is not None:
-                        all_overrides["dataset.test_envs"] = env
-                    parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \
-                            [f"seed={seed}"] + ([f"env={','.join(map(str, env))}"] if env is not None else [])
-                    job = Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source),
-                              after.hash if after is not None else "")
-                    job = jobs.setdefault(job.hash, job)
-                    made.setdefault(variant, []).append((point, seed, env, job))
+                for index in draws_of[variant]:
+                    drawn = draw(plain, searched, index, seed, search.seeding, name) if searched else {}
+                    for env in envs:
+                        all_overrides = {**point, **overrides, **drawn, "training.seed": seed}
+                        after = _start_job(made.get(start, []), point, seed, env, index,
+                                           f"{source}: {variant}") if start else None
+                        if after is not None:
+                            all_overrides["optimizer.init_from"] = f"hash:{after.hash}"
+                        if variant:  # the row label of reports
+                            all_overrides["tracking.label"] = variant
+                        if search:
+                            all_overrides.update({"tracking.draw": index, "tracking.searched": searched,
+                                                  "sweep.prune": search.prune, "sweep.asha_eta": search.asha_eta})
+                        if env is not None:
+                            all_overrides["dataset.test_envs"] = env
+                        parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \
+                                ([f"draw={index}"] if search else []) + [f"seed={seed}"] + \
+                                ([f"env={','.join(map(str, env))}"] if env is not None else [])
+                        job = Job(" ".join(p for p in parts if p), resolve(base, all_overrides, source),
+                                  after.hash if after is not None else "")
+                        job = jobs.setdefault(job.hash, job)
+                        made.setdefault(variant, []).append((point, seed, env, index, job))
     return list(jobs.values())
 
 
-def _start_job(candidates, point: dict, seed: int, env, where: str) -> Job:
-    """The one start job of the same seed and envs whose grid values agree with ``point`` on the keys both have."""
-    found = [job for p, s, e, job in candidates
-             if s == seed and e == env and all(p[k] == v for k, v in point.items() if k in p)]
+def _start_job(candidates, point: dict, seed: int, env, index: int, where: str) -> Job:
+    """The one start job of the same seed, envs and draw whose grid values agree with ``point`` on the keys both
+    have."""
+    found = [job for p, s, e, d, job in candidates
+             if s == seed and e == env and d == index and all(p[k] == v for k, v in point.items() if k in p)]
     if len(found) != 1:
         raise UserError(f"{where}: optimizer.init_from: {len(found)} jobs to start from at seed {seed}"
                         f"{f', test envs {env}' if env is not None else ''}; a grid the start reads and this method "
@@ -177,15 +192,29 @@ class Experiment:
 
 
 EXPERIMENT_KEYS = {"name", "recipes", "methods", "grid", "components", "seeds", "test_envs", "overrides", "slurm",
-                   "experiment"}
+                   "experiment", "search"}
+
+
+def load_search(spec, n_hparams: int | None, where: str):
+    """The experiment's ``search:`` with ``--n-hparams`` applied (None: no search)."""
+    from ..search.draws import SearchConfig
+
+    if spec is None and n_hparams is None:
+        return None
+    spec = {**(spec if isinstance(spec, dict) else {}), **({"n": n_hparams} if n_hparams is not None else {})}
+    try:
+        return SearchConfig.model_validate(spec)
+    except ValidationError as exc:
+        dotted, message = validation_message(exc, spec)
+        raise UserError(f"{where}: search.{dotted}: {message}") from None
 
 
 def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[str] | None = None,
-                    overrides: dict[str, Any] | None = None) -> Experiment:
+                    overrides: dict[str, Any] | None = None, n_hparams: int | None = None) -> Experiment:
     """An experiment file: ``recipes`` × ``methods`` (label → overrides) × ``grid`` (key → values)
-    [× ``components``] × seeds × test envs. Recipe paths are relative to the file or the working dir.
-    ``overrides`` (``sage sweep --set``) join the file's own ``overrides:``, on every recipe, before the
-    methods and the grid."""
+    [× ``search`` draws] [× ``components``] × seeds × test envs. Recipe paths are relative to the file or the
+    working dir. ``overrides`` (``sage sweep --set``) join the file's own ``overrides:``, on every recipe, before
+    the methods and the grid; ``n_hparams`` (``--n-hparams``) sets the number of draws."""
     path = Path(path)
     _tree, spec = read_yaml(path, "experiment")
     if not isinstance(spec, dict) or not spec.get("recipes"):
@@ -204,6 +233,7 @@ def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[st
     for key in ("seeds", "test_envs"):
         if isinstance(spec.get(key), list) and not spec[key]:
             raise UserError(f"{path}: {key}: an empty list plans no job; leave it out for the recipe's own")
+    search = load_search(spec.get("search"), n_hparams, str(path))
     jobs: list[Job] = []
     for entry in spec["recipes"]:
         candidates = [path.parent / entry, Path(entry), path.parent.parent / entry]
@@ -215,7 +245,7 @@ def load_experiment(path: str | Path, seeds=None, test_envs=None, notes: list[st
         variants = {m: flatten_dict(o or {}) for m, o in methods.items()}
         run_seeds = seeds if seeds is not None else spec.get("seeds")
         run_envs = test_envs if test_envs is not None else spec.get("test_envs")
-        jobs += expand(recipe, grid, variants, run_seeds, run_envs, str(path), label, notes)
+        jobs += expand(recipe, grid, variants, run_seeds, run_envs, str(path), label, notes, search)
         if spec.get("components"):  # Fig. 3's variants, at the recipe's own ρ and γ
             jobs += expand(recipe, {}, COMPONENTS, run_seeds, run_envs, str(path), label, notes)
     slurm = SlurmConfig.model_validate(spec["slurm"]) if spec.get("slurm") else None

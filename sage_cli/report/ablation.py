@@ -23,7 +23,8 @@ def grid_tables(runs: list[Run], selection: str) -> list[Table]:
     tables = []
     dg = [r for r in runs if r.kind == "dg"]
     for dataset in dataset_order(r.dataset for r in dg):
-        sage = [r for r in dg if r.dataset == dataset and _is_full_sage(r)]
+        # a random search's draws are no grid: their (ρ, γ) are scattered (the draws table shows them)
+        sage = [r for r in dg if r.dataset == dataset and _is_full_sage(r) and r.draw is None]
         sage = [r for r in sage if "optimizer.rho" in r.params and "optimizer.gamma" in r.params]
         cells = {(float(r.params["optimizer.rho"]), float(r.params["optimizer.gamma"])) for r in sage}
         if len(cells) < 2:

@@ -7,7 +7,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..registry import Registry
-from . import ablation, comparable, figures, paper
+from . import ablation, comparable, draws, figures, paper
 from .dg import dg_tables, known_envs, left_out
 from .formats import FORMATS, Report, render, table_csv, to_text
 from .mtl import COLUMNS, mtl_tables
@@ -15,7 +15,8 @@ from .runs import DIAG_CURVES, Run
 from .tables import Cell, Table
 
 # per-selection tables beyond Table 1's: (DG runs, selection) -> [Table]; their figure, if any: Table -> Figure
-TABLES = Registry("report table", {"grid": ablation.grid_tables, "components": ablation.components_tables})
+TABLES = Registry("report table", {"grid": ablation.grid_tables, "components": ablation.components_tables,
+                                   "draws": draws.draw_tables})
 FIGURES = {"grid": figures.heatmap, "components": figures.bars}
 
 
@@ -137,6 +138,8 @@ def build(runs: list[Run], selections: list[str], with_paper: bool = False, swee
                     report.figures.append(FIGURES[name](table))
     if "loo" in selections:
         report.notes += loo_gaps(dg)
+    if any(r.draw is not None for r in dg):
+        data["search"] = draws.summaries(dg)
     mtl = [r for r in runs if r.kind == "mtl"]
     if mtl:
         tables, rows = mtl_tables(mtl)

@@ -57,14 +57,18 @@ def complete(row: dict, test_envs) -> bool:
 
 
 def _finished_dg(runs: list[Run]):
-    return [r for r in runs if r.status == "FINISHED" and r.kind == "dg"]
+    """The DG runs model selection chooses among: FINISHED, and not stopped early by a search (a pruned draw
+    never wins)."""
+    return [r for r in runs if r.status == "FINISHED" and r.kind == "dg" and r.pruned_at is None]
 
 
 def records(runs: list[Run]) -> list[dict]:
-    """DomainBed's records of the finished DG runs: one per complete checkpoint."""
-    seeds = hparams_seeds(runs)
+    """DomainBed's records of the finished DG runs: one per complete checkpoint. Their ``hparams_seed`` numbers
+    the settings of the finished runs, as ``candidate_settings`` and ``candidate_draws`` do."""
+    finished = _finished_dg(runs)
+    seeds = hparams_seeds(finished)
     out = []
-    for run in _finished_dg(runs):
+    for run in finished:
         args = {"dataset": run.dataset, "algorithm": run.label, "test_envs": list(run.test_envs),
                 "trial_seed": run.trial_seed, "hparams_seed": seeds[run.run_id]}
         out += [{"args": args, **row} for row in run.rows if "env0_out_acc" in row and complete(row, run.test_envs)]
@@ -109,17 +113,34 @@ def candidate_settings(runs: list[Run]) -> dict[tuple, dict[str, str]]:
         by_seed = {seeds[r.run_id]: r.params for r in mine}
         keys = sorted({k for p in by_seed.values() for k in p}) if len(by_seed) > 1 else []
         differ = [k for k in keys if len({p.get(k) for p in by_seed.values()}) > 1
-                  and k not in ("training.seed", "dataset.test_envs")]
+                  and k not in ("training.seed", "dataset.test_envs") and not k.startswith("tracking.")]
         for seed, params in by_seed.items():
-            out[(*key, seed)] = {k: params.get(k, "") for k in differ}
+            out[(*key, seed)] = {k: _short(params.get(k, "")) for k in differ}
     return out
+
+
+def _short(value: str) -> str:
+    """A drawn number as people read it (4 significant digits); anything else as it is."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number == int(number) and "e" not in value.lower() else f"{number:.4g}"
+
+
+def candidate_draws(runs: list[Run]) -> dict[tuple, int]:
+    """(dataset, row, trial seed, hparams_seed) → the random search's draw index of that candidate."""
+    seeds = hparams_seeds(runs)
+    return {(r.dataset, r.label, r.trial_seed, seeds[r.run_id]): r.draw for r in runs if r.draw is not None}
 
 
 def choice_note(label: str, picks: list[dict]) -> str:
     """One line: which candidate and step model selection chose for a row, over its seeds and test envs."""
     from collections import Counter
 
-    shown = Counter(", ".join(f"{k.split('.')[-1]}={v}" for k, v in p["settings"].items()) for p in picks)
+    shown = Counter(" ".join([*([f"draw {p['draw']}:"] if p.get("draw") is not None else []),
+                              ", ".join(f"{k.split('.')[-1]}={v}" for k, v in p["settings"].items())]).strip()
+                    for p in picks)
     steps = sorted({p["step"] for p in picks})
     which = "; ".join(f"{s} ×{n}" for s, n in shown.most_common()) if any(shown) else "its one candidate"
     return f"{label}: chose {which} at step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
@@ -142,6 +163,7 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
     recs = records(runs)
     chosen = chosen_accs(recs, selection)
     settings = candidate_settings(_finished_dg(runs))
+    draws = candidate_draws(_finished_dg(runs))
     labels = labels_in_order([r for r in runs if r.kind == "dg"])
     datasets = dataset_order(r.dataset for r in runs if r.kind == "dg")
     name = SELECTIONS[selection]
@@ -161,6 +183,7 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
                 mean, sem, n = mean_sem(v["test_acc"] for _, v in mine)
                 cells.append(Cell(mean, sem, n))
                 picks = [{"trial_seed": t, "step": v["step"], "candidate": v["hparams_seed"],
+                          "draw": draws.get((dataset, label, t, v["hparams_seed"])),
                           "settings": settings.get((dataset, label, v["hparams_seed"]), {})} for t, v in mine]
                 row_picks += picks
                 json_rows.append({"selection": selection, "dataset": dataset, "method": label, "test_env": env,

@@ -39,6 +39,8 @@ class Run:
     params: dict[str, str] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # per checkpoint: step and metrics, in step order
     final: dict[str, float] = field(default_factory=dict)  # the run's final_* metrics (MTL)
+    draw: int | None = None  # a random search's draw index (0: the recipe's values)
+    pruned_at: int | None = None  # the step a search's early stopping stopped it at
 
 
 DIAG_CURVES = ("diag_curvature_trace", "diag_alignment_trace")  # Theorem 1's terms, with diagnostics.every
@@ -55,11 +57,14 @@ def _run(run_id, status, tags, params, start_time=0) -> Run | None:
         return None
     envs = tags.get("sage.test_envs", "")
     kind = tags.get("sage.kind") or ("mtl" if not envs or "aggregator.name" in params else "dg")
-    return Run(run_id, status, tags["sage.dataset"], kind, tags.get("sage.label") or tags.get("sage.method", "?"),
-               tags.get("sage.hparams_hash") or tags.get("sage.recipe_hash", run_id),
-               int(tags.get("sage.seed", "0")),
-               tuple(int(e) for e in envs.split(",") if e != "") if kind == "dg" else (),
-               tags.get("sage.sweep_id", ""), tags.get("sage.recipe_hash", ""), int(start_time or 0), params)
+    run = Run(run_id, status, tags["sage.dataset"], kind, tags.get("sage.label") or tags.get("sage.method", "?"),
+              tags.get("sage.hparams_hash") or tags.get("sage.recipe_hash", run_id),
+              int(tags.get("sage.seed", "0")),
+              tuple(int(e) for e in envs.split(",") if e != "") if kind == "dg" else (),
+              tags.get("sage.sweep_id", ""), tags.get("sage.recipe_hash", ""), int(start_time or 0), params)
+    run.draw = int(tags["sage.draw"]) if tags.get("sage.draw", "").isdigit() else None
+    run.pruned_at = int(tags["sage.pruned_at_step"]) if tags.get("sage.pruned") == "true" else None
+    return run
 
 
 def _rows(points: dict[int, dict[str, float]]) -> list[dict]:

@@ -14,9 +14,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ..registry import Registry
+from .distributions import DOMAINBED, SAGM, ByDataset, Dist
 from . import Choice, non_defaults
 
 METHODS = Registry("optimizer method")
+# no public registry of their own was found for SAM, GSAM, DISAM and GAM: they draw ρ from SAGM's list
+SAGM_RHO = f"{SAGM}, its ρ list"
+FIG3 = "SAGE paper, Fig. 3: 10^-7 … 10^-4"
 
 
 class Method(Choice):
@@ -34,6 +38,13 @@ class Method(Choice):
     implementation: ClassVar[str] = ""  # "module:Class"
     # a method that does not train step by step (BOA): the DG task class that runs it, "module:Class"
     task: ClassVar[str] = ""
+    # random search (``search/``): each setting's distribution, with its source; a subclass adds its own
+    search: ClassVar[dict] = {
+        "lr": ByDataset(Dist("log10", (-5, -3.5), domainbed="lr", source=DOMAINBED),
+                        small=Dist("log10", (-4.5, -2.5), domainbed="lr", source=DOMAINBED)),
+        "weight_decay": ByDataset(Dist("log10", (-6, -2), domainbed="weight_decay", source=DOMAINBED),
+                                  small=Dist("choice", (0.0,), domainbed="weight_decay", source=DOMAINBED)),
+    }
 
     def misfit(self, kind):
         if self.base != "sgd" and self.momentum != Method.model_fields["momentum"].default:
@@ -89,6 +100,9 @@ class SAGE(Method):
     method: Literal["sage"] = "sage"
     rho: float = Field(1e-6, ge=0)
     gamma: float = Field(1e-6, ge=0)
+    # the span of the paper's Fig. 3 ρ × γ grid (arXiv 2605.07914, §5.3; experiments/figure3_officehome.yaml)
+    search: ClassVar[dict] = {**Method.search, "rho": Dist("log10", (-7, -4), source=FIG3),
+                              "gamma": Dist("log10", (-7, -4), source=FIG3)}
     polar: Literal["quintic", "cubic", "svd", "polar_express", "none"] = "quintic"
     ns_steps: int = Field(5, ge=1)
     scale_by_weight_norm: bool = True
@@ -143,6 +157,7 @@ class SAM(Method):
 
     method: Literal["sam"] = "sam"
     rho: float = Field(0.05, ge=0)
+    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
     implementation: ClassVar[str] = "sage_cli.optim.sam:SAM"
 
 
@@ -162,6 +177,7 @@ class GSAM(Method):
 
     method: Literal["gsam"] = "gsam"
     rho: float = Field(0.05, ge=0)
+    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
     alpha: float = Field(0.01, ge=0)
     implementation: ClassVar[str] = "sage_cli.optim.sam:GSAM"
 
@@ -173,6 +189,8 @@ class SAGM(Method):
     method: Literal["sagm"] = "sagm"
     rho: float = Field(0.05, ge=0)
     alpha: float = Field(0.001, ge=0)
+    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM),
+                              "alpha": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM)}
     implementation: ClassVar[str] = "sage_cli.optim.sam:SAGM"
 
 
@@ -182,6 +200,7 @@ class DISAM(Method):
 
     method: Literal["disam"] = "disam"
     rho: float = Field(0.05, ge=0)
+    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
     variance_weight: float = Field(0.1, ge=0)
     implementation: ClassVar[str] = "sage_cli.optim.sam:DISAM"
 
@@ -192,6 +211,7 @@ class GAM(Method):
 
     method: Literal["gam"] = "gam"
     rho: float = Field(0.02, ge=0)
+    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
     gam_norm_rho: float = Field(0.2, ge=0)
     gam_gamma: float = Field(0.03, ge=0)
     rename: ClassVar[dict[str, str]] = {"gam_norm_rho": "norm_rho", "gam_gamma": "gamma"}

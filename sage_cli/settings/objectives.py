@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field
 
 from ..registry import Registry, resolve
+from .distributions import DOMAINBED, Dist
 from . import Choice, Section
 
 OBJECTIVES = Registry("objective")
@@ -19,6 +20,8 @@ OBJECTIVES = Registry("objective")
 class Hparams(Section):
     # ``lambda`` is a Python keyword: fields carry it as an alias
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # random search (``search/``): each setting's distribution by its recipe name, with its source
+    search: ClassVar[dict] = {}
 
 
 class Objective(Choice):
@@ -47,6 +50,8 @@ class AnnealedHparams(Hparams):
 
 class IRMHparams(AnnealedHparams):
     lambda_: float = Field(1e2, alias="lambda", ge=0)
+    search: ClassVar[dict] = {"lambda": Dist("log10", (-1, 5), float, "irm_lambda", DOMAINBED),
+                              "anneal_iters": Dist("log10", (0, 4), int, "irm_penalty_anneal_iters", DOMAINBED)}
 
 
 @OBJECTIVES.register
@@ -60,6 +65,8 @@ class IRM(Objective):
 
 class VRExHparams(AnnealedHparams):
     lambda_: float = Field(1e1, alias="lambda", ge=0)
+    search: ClassVar[dict] = {"lambda": Dist("log10", (-1, 5), float, "vrex_lambda", DOMAINBED),
+                              "anneal_iters": Dist("log10", (0, 4), int, "vrex_penalty_anneal_iters", DOMAINBED)}
 
 
 @OBJECTIVES.register
@@ -73,6 +80,7 @@ class VREx(Objective):
 
 class MatchingHparams(Hparams):
     gamma: float = Field(1.0, ge=0)  # weight of the feature-distribution distance
+    search: ClassVar[dict] = {"gamma": Dist("log10", (-1, 1), float, "mmd_gamma", DOMAINBED)}
 
 
 @OBJECTIVES.register
@@ -96,6 +104,8 @@ class CORAL(Objective):
 class AdversarialHparams(Hparams):
     lambda_: float = Field(1.0, alias="lambda", ge=0)  # gradient reversal strength
     mlp_width: int = Field(256, gt=0)  # the discriminator's hidden width
+    search: ClassVar[dict] = {"lambda": Dist("log10", (-2, 2), float, "lambda", DOMAINBED),
+                              "mlp_width": Dist("log2", (6, 10), int, "mlp_width", DOMAINBED)}
 
 
 @OBJECTIVES.register
@@ -119,6 +129,8 @@ class CDANN(Objective):
 class RSCHparams(Hparams):
     f_drop_factor: float = Field(1 / 3, ge=0, le=1)
     b_drop_factor: float = Field(1 / 3, ge=0, le=1)
+    search: ClassVar[dict] = {"f_drop_factor": Dist("uniform", (0, 0.5), float, "rsc_f_drop_factor", DOMAINBED),
+                              "b_drop_factor": Dist("uniform", (0, 0.5), float, "rsc_b_drop_factor", DOMAINBED)}
 
 
 @OBJECTIVES.register
@@ -132,6 +144,7 @@ class RSC(Objective):
 
 class FishHparams(Hparams):
     meta_lr: float = Field(0.5, gt=0)
+    search: ClassVar[dict] = {"meta_lr": Dist("choice", (0.05, 0.1, 0.5), float, "meta_lr", DOMAINBED)}
 
 
 @OBJECTIVES.register

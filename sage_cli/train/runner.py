@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..errors import Preempted, Stopped, TrainingDiverged, UserError
+from ..errors import Preempted, Pruned, Stopped, TrainingDiverged, UserError
 from ..processes import alive
 from ..recipe import Recipe
 from ..track.mlflow_run import (
@@ -44,6 +44,27 @@ class RunOutcome:
     summary: str = ""  # the line the CLI prints (the held-out accuracy, or the MTL result)
     metrics: dict | None = None
     spooled: int = 0  # writes kept in the run folder for a server that was unreachable
+
+
+def search_metrics(ckpt, data) -> dict[str, float]:
+    """What a random search judges a draw by at a checkpoint: DomainBed's training-domain validation accuracy."""
+    from ..search.prune import VAL_METRIC
+
+    envs = list(data.train_envs)
+    return {VAL_METRIC: sum(ckpt.metrics[f"env{i}_out_acc"] for i in envs) / len(envs)}
+
+
+def judge_draw(recipe: Recipe, client, experiment_id: str, run_id: str, step: int, metrics: dict, total: int) -> None:
+    """Raise ``Pruned`` when ``sweep.prune``'s rule stops this draw at ``step`` (never at the last step)."""
+    from ..search.prune import VAL_METRIC, peer_values, verdict
+
+    if step >= total - 1:
+        return
+    peers = peer_values(client, experiment_id, recipe, run_id, step)
+    why = verdict(recipe.sweep.prune, recipe.sweep.asha_eta, metrics[VAL_METRIC], peers,
+                  step // recipe.training.checkpoint_freq)
+    if why:
+        raise Pruned(step, why)
 
 
 def scheduler_job_id() -> str:
@@ -76,6 +97,8 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
         "sage.objective": recipe.objective.name,
         "sage.test_envs": ",".join(map(str, recipe.dataset.test_envs)),
         "sage.seed": str(recipe.training.seed),
+        **({"sage.draw": str(recipe.tracking.draw), "sage.searched": ",".join(recipe.tracking.searched)}
+           if recipe.tracking.draw is not None else {}),
         "sage.host": platform.node(),
         "sage.pid": str(os.getpid()),  # with the host: a RUNNING run whose process is gone is recognised
         **({"sage.cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]}
@@ -241,13 +264,18 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
     runtime = runtime_for(recipe, protocol, data)
     console.print(runtime.describe(), soft_wrap=True, markup=False, highlight=False)
 
+    searching = recipe.kind == "dg" and recipe.tracking.draw is not None  # a random search's draw
+
     def on_checkpoint(ckpt):
         history.append(ckpt)
         if ckpt.tags:
             run.set_tags(ckpt.tags)
-        run.log_metrics(ckpt.metrics, step=ckpt.step)
+        metrics = {**ckpt.metrics, **(search_metrics(ckpt, data) if searching else {})}
+        run.log_metrics(metrics, step=ckpt.step)
         # every row so far (the loop appends it to the run folder's file): an interrupted run keeps them
         run.log_file(results_path(ckpt_path))
+        if searching and recipe.sweep.prune != "none":
+            judge_draw(recipe, client, experiment_id, run.run_id, ckpt.step, metrics, protocol.total_steps(recipe, data))
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
@@ -297,6 +325,12 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                 result = train(recipe, protocol, data=data, on_checkpoint=on_ckpt, progress=on_step,
                                checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
                                should_stop=should_stop, runtime=runtime)
+        except Pruned as exc:  # a search's hopeless draw: recorded whole as far as it went, never run again
+            run.set_tags({"sage.pruned": "true", "sage.pruned_at_step": exc.step, "sage.pruned_why": exc.reason})
+            run.log_text(results_jsonl(history), "results.jsonl")
+            run.finish("FINISHED")
+            remove_checkpoint(ckpt_path)
+            return RunOutcome(run.run_id, uri, "FINISHED", f"draw {recipe.tracking.draw}: {exc}")
         except Preempted as exc:  # the job comes back (requeued) and resumes in this same run
             run.set_tags({"sage.preempted_at_step": exc.step})
             raise
