@@ -203,3 +203,17 @@ def test_a_search_sweep_reports_the_chosen_draw_and_pruning_saves_steps(tmp_path
     assert f" pruned, saving {steps_plain - steps_pruned} steps" in out  # what the pruned draws did not train
     again = sage(["sweep", str(exp)], pruned)
     assert "6 jobs (0 to run, 6 already finished)" in again.stdout  # a pruned draw is not run again
+
+
+def test_the_shipped_digits_search_plans_48_jobs_of_4_draws_each():
+    from sage_cli.launch.plan import load_experiment
+
+    jobs = load_experiment("experiments/search_digits.yaml").jobs
+    assert len(jobs) == 3 * 4 * 2 * 2
+    cells = {(j.recipe.label, j.recipe.training.seed, tuple(j.recipe.dataset.test_envs)) for j in jobs}
+    assert len(cells) == 12 and all(sorted(j.recipe.tracking.draw for j in jobs if (
+        j.recipe.label, j.recipe.training.seed, tuple(j.recipe.dataset.test_envs)) == c) == [0, 1, 2, 3] for c in cells)
+    sage0 = {j.recipe.optimizer.rho for j in jobs if j.recipe.label == "SAGE"}
+    assert len(sage0) == 4  # 4 draws of ρ, the same for both trial seeds and both test envs
+    more = load_experiment("experiments/search_digits.yaml", n_hparams=6).jobs
+    assert len(more) == 3 * 6 * 2 * 2
