@@ -499,7 +499,8 @@ def status(sweep: Optional[str] = typer.Argument(None, help="Sweep id (or a uniq
     for col in ("job", "hash", "status", "scheduler id", "attempt", "resumed from"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["label"], r["hash"], r["status"], r["scheduler_id"], str(r["attempt"]), r["resumed_from"])
+        word = f"{r['status']} (pruned at step {r['pruned_at']})" if r["pruned_at"] else r["status"]
+        table.add_row(r["label"], r["hash"], word, r["scheduler_id"], str(r["attempt"]), r["resumed_from"])
     console.print(table)
     counts = {}
     for r in rows:

@@ -203,6 +203,8 @@ def test_a_search_sweep_reports_the_chosen_draw_and_pruning_saves_steps(tmp_path
     assert f" pruned, saving {steps_plain - steps_pruned} steps" in out  # what the pruned draws did not train
     again = sage(["sweep", str(exp)], pruned)
     assert "6 jobs (0 to run, 6 already finished)" in again.stdout  # a pruned draw is not run again
+    status = sage(["status", "search"], pruned, env={"COLUMNS": "200"}).stdout
+    assert "finished (pruned at step" in status
 
 
 def test_the_shipped_digits_search_plans_48_jobs_of_4_draws_each():
@@ -217,3 +219,17 @@ def test_the_shipped_digits_search_plans_48_jobs_of_4_draws_each():
     assert len(sage0) == 4  # 4 draws of ρ, the same for both trial seeds and both test envs
     more = load_experiment("experiments/search_digits.yaml", n_hparams=6).jobs
     assert len(more) == 3 * 6 * 2 * 2
+
+
+def test_boa_from_a_searched_sam_row_explores_from_each_sam_draw(tmp_path):
+    from sage_cli.launch.plan import load_experiment
+
+    exp = tmp_path / "e.yaml"
+    exp.write_text("recipes: [recipes/quickstart.yaml]\nmethods:\n  SAM: {optimizer.method: sam}\n  BOA: "
+                   "{optimizer.method: boa, optimizer.init_from: SAM}\nsearch: {n: 2}\nseeds: [0]\ntest_envs: [5]\n")
+    jobs = {j.label.split(" ", 1)[1]: j for j in load_experiment(exp).jobs}
+    for d in (0, 1):
+        boa, sam = jobs[f"BOA draw={d} seed=0 env=5"], jobs[f"SAM draw={d} seed=0 env=5"]
+        assert boa.after == sam.hash and boa.recipe.optimizer.init_from == f"hash:{sam.hash}"
+    # the two BOA draws are two settings for model selection, though BOA itself has nothing drawn
+    assert jobs["BOA draw=0 seed=0 env=5"].recipe.hparams_hash() != jobs["BOA draw=1 seed=0 env=5"].recipe.hparams_hash()

@@ -44,7 +44,9 @@ def job_statuses(state: SweepState) -> list[dict]:
         rows.append({"hash": h, "label": job.label, "status": status, "scheduler_id": job.scheduler_id,
                      "scheduler_state": sched, "mlflow": mlflow, "attempt": attempt,
                      "run_id": run.info.run_id if run else "",
-                     "resumed_from": run.data.tags.get("sage.resumed_from_step", "") if run else ""})
+                     "resumed_from": run.data.tags.get("sage.resumed_from_step", "") if run else "",
+                     # a random search's draw stopped early: finished, as far as it went
+                     "pruned_at": run.data.tags.get("sage.pruned_at_step", "") if run else ""})
     if dead:
         mark_dead(state.tracking_uri, dead)
         for row in rows:
