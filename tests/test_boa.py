@@ -145,9 +145,9 @@ def loo_sweep(tmp_path_factory):
 
     cwd = tmp_path_factory.mktemp("boa")
     (cwd / "exp.yaml").write_text(
-        f"name: boaloo\nrecipes: [{ROOT / QUICKSTART}]\noverrides: {{training.steps: 40, training.checkpoint_freq: 20}}\n"
+        f"name: boaloo\nrecipes: [{ROOT / QUICKSTART}]\noverrides: {{training.steps: 20, training.checkpoint_freq: 10}}\n"
         "methods:\n  SAM: {optimizer.method: sam, optimizer.rho: 0.05}\n  BOA: {optimizer.method: boa, "
-        "optimizer.init_from: SAM, optimizer.reflections: 3, optimizer.krylov_dim: 3, optimizer.loss_batches: 1}\n"
+        "optimizer.init_from: SAM, optimizer.reflections: 2, optimizer.krylov_dim: 3, optimizer.loss_batches: 1}\n"
         f"seeds: [0]\ntest_envs: {LOO}\n")
     proc = sage(["sweep", str(cwd / "exp.yaml"), "--max-parallel", "2"], cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
