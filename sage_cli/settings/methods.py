@@ -18,8 +18,6 @@ from .distributions import DOMAINBED, SAGM, ByDataset, Dist
 from . import Choice, non_defaults
 
 METHODS = Registry("optimizer method")
-# no public registry of their own was found for SAM, GSAM, DISAM and GAM: they draw ρ from SAGM's list
-SAGM_RHO = f"{SAGM}, its ρ list"
 FIG3 = "SAGE paper, Fig. 3: 10^-7 … 10^-4"
 
 
@@ -83,6 +81,10 @@ class Method(Choice):
         cls = resolve(self.implementation)
         extra = {"seed": seed} if "seed" in inspect.signature(cls).parameters else {}
         return cls(params, self.base_optimizer(), model=model, **self.own_settings(), **extra, **self.base_kwargs())
+
+
+# no public registry of their own was found for SAM, GSAM, DISAM and GAM: they draw ρ from SAGM's list
+SAM_TYPE_SEARCH = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=f"{SAGM}, its ρ list")}
 
 
 @METHODS.register
@@ -157,7 +159,7 @@ class SAM(Method):
 
     method: Literal["sam"] = "sam"
     rho: float = Field(0.05, ge=0)
-    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
+    search: ClassVar[dict] = SAM_TYPE_SEARCH
     implementation: ClassVar[str] = "sage_cli.optim.sam:SAM"
 
 
@@ -177,7 +179,7 @@ class GSAM(Method):
 
     method: Literal["gsam"] = "gsam"
     rho: float = Field(0.05, ge=0)
-    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
+    search: ClassVar[dict] = SAM_TYPE_SEARCH
     alpha: float = Field(0.01, ge=0)
     implementation: ClassVar[str] = "sage_cli.optim.sam:GSAM"
 
@@ -200,7 +202,7 @@ class DISAM(Method):
 
     method: Literal["disam"] = "disam"
     rho: float = Field(0.05, ge=0)
-    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
+    search: ClassVar[dict] = SAM_TYPE_SEARCH
     variance_weight: float = Field(0.1, ge=0)
     implementation: ClassVar[str] = "sage_cli.optim.sam:DISAM"
 
@@ -211,7 +213,7 @@ class GAM(Method):
 
     method: Literal["gam"] = "gam"
     rho: float = Field(0.02, ge=0)
-    search: ClassVar[dict] = {**Method.search, "rho": Dist("choice", (0.01, 0.02, 0.05, 0.1), source=SAGM_RHO)}
+    search: ClassVar[dict] = SAM_TYPE_SEARCH
     gam_norm_rho: float = Field(0.2, ge=0)
     gam_gamma: float = Field(0.03, ge=0)
     rename: ClassVar[dict[str, str]] = {"gam_norm_rho": "norm_rho", "gam_gamma": "gamma"}
