@@ -115,11 +115,11 @@ def candidate_settings(runs: list[Run]) -> dict[tuple, dict[str, str]]:
         differ = [k for k in keys if len({p.get(k) for p in by_seed.values()}) > 1
                   and k not in ("training.seed", "dataset.test_envs") and not k.startswith("tracking.")]
         for seed, params in by_seed.items():
-            out[(*key, seed)] = {k: _short(params.get(k, "")) for k in differ}
+            out[(*key, seed)] = {k: short(params.get(k, "")) for k in differ}
     return out
 
 
-def _short(value: str) -> str:
+def short(value: str) -> str:
     """A drawn number as people read it (4 significant digits); anything else as it is."""
     try:
         number = float(value)
@@ -128,18 +128,26 @@ def _short(value: str) -> str:
     return value if number == int(number) and "e" not in value.lower() else f"{number:.4g}"
 
 
-def candidate_draws(runs: list[Run]) -> dict[tuple, int]:
-    """(dataset, row, trial seed, hparams_seed) → the random search's draw index of that candidate."""
-    seeds = hparams_seeds(runs)
-    return {(r.dataset, r.label, r.trial_seed, seeds[r.run_id]): r.draw for r in runs if r.draw is not None}
+def candidate_runs(runs: list[Run]) -> dict[tuple, Run]:
+    """(dataset, row, trial seed, hparams_seed) → the finished run of that candidate (numbered as ``records``)."""
+    finished = _finished_dg(runs)
+    seeds = hparams_seeds(finished)
+    return {(r.dataset, r.label, r.trial_seed, seeds[r.run_id]): r for r in finished}
+
+
+def drawn(run: Run | None) -> dict:
+    """A random search's candidate as reports name it: its draw and the values drawn ({} outside a search)."""
+    if run is None or run.draw is None:
+        return {}
+    return {"draw": run.draw, "values": {k: short(run.params.get(k, "?")) for k in run.searched}}
 
 
 def choice_note(label: str, picks: list[dict]) -> str:
     """One line: which candidate and step model selection chose for a row, over its seeds and test envs."""
     from collections import Counter
 
-    shown = Counter(" ".join([*([f"draw {p['draw']}:"] if p.get("draw") is not None else []),
-                              ", ".join(f"{k.split('.')[-1]}={v}" for k, v in p["settings"].items())]).strip()
+    shown = Counter(" ".join([*([f"draw {p['draw']}:"] if "draw" in p else []),
+                              ", ".join(f"{k.split('.')[-1]}={v}" for k, v in p.get("values", p["settings"]).items())])
                     for p in picks)
     steps = sorted({p["step"] for p in picks})
     which = "; ".join(f"{s} ×{n}" for s, n in shown.most_common()) if any(shown) else "its one candidate"
@@ -163,7 +171,7 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
     recs = records(runs)
     chosen = chosen_accs(recs, selection)
     settings = candidate_settings(_finished_dg(runs))
-    draws = candidate_draws(_finished_dg(runs))
+    candidates = candidate_runs(runs)
     labels = labels_in_order([r for r in runs if r.kind == "dg"])
     datasets = dataset_order(r.dataset for r in runs if r.kind == "dg")
     name = SELECTIONS[selection]
@@ -183,8 +191,8 @@ def dg_tables(runs: list[Run], selection: str) -> tuple[list[Table], list[dict]]
                 mean, sem, n = mean_sem(v["test_acc"] for _, v in mine)
                 cells.append(Cell(mean, sem, n))
                 picks = [{"trial_seed": t, "step": v["step"], "candidate": v["hparams_seed"],
-                          "draw": draws.get((dataset, label, t, v["hparams_seed"])),
-                          "settings": settings.get((dataset, label, v["hparams_seed"]), {})} for t, v in mine]
+                          "settings": settings.get((dataset, label, v["hparams_seed"]), {}),
+                          **drawn(candidates.get((dataset, label, t, v["hparams_seed"])))} for t, v in mine]
                 row_picks += picks
                 json_rows.append({"selection": selection, "dataset": dataset, "method": label, "test_env": env,
                                   "mean": mean, "sem": sem, "n": n, "chosen": picks})

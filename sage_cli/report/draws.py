@@ -3,7 +3,7 @@ each (row, test env, trial seed) cell, with its values, and how many draws never
 
 from __future__ import annotations
 
-from .dg import candidate_draws, candidate_settings, chosen_accs, dataset_order, records
+from .dg import candidate_runs, chosen_accs, dataset_order, drawn, records
 from .runs import Run
 from .selection import SELECTIONS
 from .tables import Cell, Table
@@ -13,21 +13,19 @@ def draw_tables(runs: list[Run], selection: str) -> list[Table]:
     searched = [r for r in runs if r.kind == "dg" and r.draw is not None]
     if not searched:
         return []
-    finished = [r for r in searched if r.status == "FINISHED" and r.pruned_at is None]
     chosen = chosen_accs(records(searched), selection)
-    draws, settings = candidate_draws(finished), candidate_settings(finished)
+    candidates = candidate_runs(searched)
     tables = []
     for dataset in dataset_order(r.dataset for r in searched):
-        mine = [r for r in searched if r.dataset == dataset]
         table = Table(f"draws-{selection}-{dataset}", f"{dataset} · random search: the chosen draw · model "
                       f"selection: {SELECTIONS[selection]}", ["validation", "test"], higher_is_better=[True, True],
-                      notes=[search_note(mine)])
+                      notes=[search_note([r for r in searched if r.dataset == dataset])])
         for (trial, d, label, env), v in sorted(chosen.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][0])):
             if d != dataset:
                 continue
-            values = ", ".join(f"{k.split('.')[-1]}={x}" for k, x in settings.get((d, label, v["hparams_seed"]),
-                                                                                    {}).items())
-            name = f"{label} · env {env} · trial {trial} → draw {draws.get((d, label, trial, v['hparams_seed']))}"
+            pick = drawn(candidates[(d, label, trial, v["hparams_seed"])])
+            values = ", ".join(f"{k.split('.')[-1]}={x}" for k, x in pick["values"].items())
+            name = f"{label} · env {env} · trial {trial} → draw {pick['draw']}"
             table.rows.append((f"{name} ({values})" if values else name,
                                [Cell(100 * v["val_acc"]), Cell(100 * v["test_acc"])]))
         tables.append(table)

@@ -40,6 +40,7 @@ class Run:
     rows: list[dict] = field(default_factory=list)  # per checkpoint: step and metrics, in step order
     final: dict[str, float] = field(default_factory=dict)  # the run's final_* metrics (MTL)
     draw: int | None = None  # a random search's draw index (0: the recipe's values)
+    searched: tuple[str, ...] = ()  # the settings that search drew (dotted keys)
     pruned_at: int | None = None  # the step a search's early stopping stopped it at
 
 
@@ -64,6 +65,7 @@ def _run(run_id, status, tags, params, start_time=0) -> Run | None:
               tags.get("sage.sweep_id", ""), tags.get("sage.recipe_hash", ""), int(start_time or 0), params)
     run.draw = int(tags["sage.draw"]) if tags.get("sage.draw", "").isdigit() else None
     run.pruned_at = int(tags["sage.pruned_at_step"]) if tags.get("sage.pruned") == "true" else None
+    run.searched = tuple(k for k in tags.get("sage.searched", "").split(",") if k)
     return run
 
 
