@@ -276,3 +276,24 @@ def test_sage_analysis_boa_draws_the_billiard_inside_the_tables_wall(tmp_path):
     result = CliRunner().invoke(app, ["analysis", "boa", "--out", str(tmp_path), "--reflections", "6"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "boa.png").read_bytes()[:4] == b"\x89PNG" and "6 reflections" in result.output
+
+
+def test_boa_from_a_pruned_start_is_pruned_too(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sage_cli.errors import Pruned
+    from sage_cli.recipe import load_recipe
+    from sage_cli.train.boa import start_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"), tags={"sage.recipe_hash": "0123456789abcdef",
+                                                                 "sage.pruned": "true"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    recipe = load_recipe(QUICKSTART, {"optimizer.method": "boa", "tracking.uri": uri})
+    with pytest.raises(Pruned, match="is a random-search draw that was pruned"):
+        start_checkpoint("hash:0123456789abcdef", recipe)
+    from sage_cli.errors import UserError
+
+    with pytest.raises(UserError, match="no finished run of that recipe"):
+        start_checkpoint("hash:fedcba9876543210", recipe)

@@ -4,6 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import yaml
 
 from sage_cli.catalog import DATASETS
 from sage_cli.recipe import load_recipe
@@ -230,3 +231,20 @@ def test_boa_from_a_searched_sam_row_explores_from_each_sam_draw(tmp_path):
         assert boa.after == sam.hash and boa.recipe.optimizer.init_from == f"hash:{sam.hash}"
     # the two BOA draws are two settings for model selection, though BOA itself has nothing drawn
     assert jobs["BOA draw=0 seed=0 env=5"].recipe.hparams_hash() != jobs["BOA draw=1 seed=0 env=5"].recipe.hparams_hash()
+
+
+def test_pruning_is_the_files_or_else_each_recipes(tmp_path):
+    from sage_cli.launch.plan import load_experiment
+
+    jobs = load_experiment("experiments/search_digits.yaml", overrides={"sweep.prune": "asha"}).jobs
+    assert {j.recipe.sweep.prune for j in jobs} == {"none"}  # the file says none: it stands
+    # where search: leaves it unset, --set sweep.prune turns it on; identities do not change with it
+    plain = load_experiment("experiments/search_digits.yaml").jobs
+    spec = yaml.safe_load(open("experiments/search_digits.yaml"))
+    spec["search"].pop("prune")
+    spec["recipes"] = ["recipes/quickstart.yaml"]
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    pruned = load_experiment(path, overrides={"sweep.prune": "median"}).jobs
+    assert {j.recipe.sweep.prune for j in pruned} == {"median"}
+    assert sorted(j.hash for j in pruned) == sorted(j.hash for j in plain)

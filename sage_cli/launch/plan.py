@@ -150,8 +150,9 @@ def expand(recipe: Recipe, axes: dict[str, list[Any]], variants: dict[str, dict[
                         if variant:  # the row label of reports
                             all_overrides["tracking.label"] = variant
                         if search:
-                            all_overrides.update({"tracking.draw": index, "tracking.searched": searched,
-                                                  "sweep.prune": search.prune, "sweep.asha_eta": search.asha_eta})
+                            all_overrides.update({"tracking.draw": index, "tracking.searched": searched})
+                            all_overrides.update({f"sweep.{k}": v for k in ("prune", "asha_eta")
+                                                  if (v := getattr(search, k)) is not None})
                         if env is not None:
                             all_overrides["dataset.test_envs"] = env
                         parts = [label, variant] + [f"{k.split('.')[-1]}={v}" for k, v in point.items()] + \

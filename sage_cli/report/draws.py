@@ -39,7 +39,7 @@ def summary(runs: list[Run]) -> dict:
     return {"draws_per_cell": max((len({r.draw for r in runs if (r.label, r.test_envs, r.trial_seed) == c})
                                    for c in cells), default=0),
             "runs": len(runs), "never_finished": sum(1 for r in runs if r.status != "FINISHED"), "pruned": len(pruned),
-            "steps_saved": sum(max(0, int(r.params.get("training.steps", 0)) - 1 - r.pruned_at) for r in pruned)}
+            "steps_saved": sum(r.steps_saved for r in pruned)}
 
 
 def summaries(runs: list[Run]) -> list[dict]:

@@ -42,6 +42,7 @@ class Run:
     draw: int | None = None  # a random search's draw index (0: the recipe's values)
     searched: tuple[str, ...] = ()  # the settings that search drew (dotted keys)
     pruned_at: int | None = None  # the step a search's early stopping stopped it at
+    steps_saved: int = 0  # the steps that stop saved
 
 
 DIAG_CURVES = ("diag_curvature_trace", "diag_alignment_trace")  # Theorem 1's terms, with diagnostics.every
@@ -65,6 +66,7 @@ def _run(run_id, status, tags, params, start_time=0) -> Run | None:
               tags.get("sage.sweep_id", ""), tags.get("sage.recipe_hash", ""), int(start_time or 0), params)
     run.draw = int(tags["sage.draw"]) if tags.get("sage.draw", "").isdigit() else None
     run.pruned_at = int(tags["sage.pruned_at_step"]) if tags.get("sage.pruned") == "true" else None
+    run.steps_saved = int(tags.get("sage.pruned_steps_saved", 0))
     run.searched = tuple(k for k in tags.get("sage.searched", "").split(",") if k)
     return run
 

@@ -32,8 +32,10 @@ class SearchConfig(Section):
     # default: each method's own searched settings and the learning rate; all: every declared one; or a list
     keys: Literal["default", "all"] | list[str] = "default"
     seeding: Literal["sage", "domainbed"] = "sage"
-    prune: Literal["none", "median", "asha"] = "none"  # off by default, as DomainBed runs every draw to the end
-    asha_eta: int = Field(3, ge=2)  # ASHA's reduction factor: the top 1/eta of a rung go on
+    # early stopping, off by default as DomainBed runs every draw to the end; unset: each recipe's sweep.prune and
+    # sweep.asha_eta (so `sage sweep --set sweep.prune=median` turns it on without editing the file)
+    prune: Literal["none", "median", "asha"] | None = None
+    asha_eta: int | None = Field(None, ge=2)  # ASHA's reduction factor: the top 1/eta of a rung go on
 
 
 def _small(dataset: str) -> bool:

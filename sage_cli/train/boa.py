@@ -18,9 +18,15 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from ..analysis.hessian import HessianOperator
-from ..errors import UserError
+from ..errors import Pruned, UserError
 from ..optim.boa import Billiard, finite_difference_hvp
 from .dg import DGTask
+
+
+def _pruned(uri: str, run_id: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run_id).data.tags.get("sage.pruned") == "true"
 
 
 def start_checkpoint(init_from: str | None, recipe) -> Path:
@@ -50,6 +56,8 @@ def start_checkpoint(init_from: str | None, recipe) -> Path:
             if run_id is None:
                 raise UserError(f"optimizer.init_from {init_from}: no finished run of that recipe in {uri}; its "
                                 "start job has not finished")
+            if _pruned(uri, run_id):  # a search stopped that draw early: nothing worth exploring from
+                raise Pruned(0, f"its start ({init_from}) is a random-search draw that was pruned")
             init_from = run_id
         target = locate(init_from, tracking_uri=recipe.tracking.uri)
         start, path = target.recipe, target.checkpoint

@@ -326,7 +326,9 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                                checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
                                should_stop=should_stop, runtime=runtime)
         except Pruned as exc:  # a search's hopeless draw: recorded whole as far as it went, never run again
-            run.set_tags({"sage.pruned": "true", "sage.pruned_at_step": exc.step, "sage.pruned_why": exc.reason})
+            saved = max(0, protocol.total_steps(recipe, data) - 1 - exc.step)  # the steps it did not train
+            run.set_tags({"sage.pruned": "true", "sage.pruned_at_step": exc.step, "sage.pruned_why": exc.reason,
+                          "sage.pruned_steps_saved": saved})
             run.log_text(results_jsonl(history), "results.jsonl")
             run.finish("FINISHED")
             remove_checkpoint(ckpt_path)
