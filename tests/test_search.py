@@ -248,3 +248,19 @@ def test_pruning_is_the_files_or_else_each_recipes(tmp_path):
     pruned = load_experiment(path, overrides={"sweep.prune": "median"}).jobs
     assert {j.recipe.sweep.prune for j in pruned} == {"median"}
     assert sorted(j.hash for j in pruned) == sorted(j.hash for j in plain)
+
+
+@pytest.mark.parametrize("search, message", [
+    ("{n: 0}", "search.n: "),
+    ("{n: 2, seeding: domainbd}", "search.seeding: "),
+    ("{n: 2, keys: [optimizer.momentum]}", "search.keys: optimizer.momentum has no distribution for erm on rotated_digits"),
+    ("{keys: all}", "search.n: "),
+])
+def test_a_wrong_search_is_one_line_before_anything_runs(tmp_path, search, message):
+    from sage_cli.errors import UserError
+    from sage_cli.launch.plan import load_experiment
+
+    exp = tmp_path / "e.yaml"
+    exp.write_text(f"recipes: [recipes/quickstart.yaml]\nmethods:\n  ERM: {{optimizer.method: erm}}\nsearch: {search}\n")
+    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+        load_experiment(exp)
