@@ -64,7 +64,7 @@ def _finished_dg(runs: list[Run]):
 
 def records(runs: list[Run]) -> list[dict]:
     """DomainBed's records of the finished DG runs: one per complete checkpoint. Their ``hparams_seed`` numbers
-    the settings of the finished runs, as ``candidate_settings`` and ``candidate_draws`` do."""
+    the settings of the finished runs, as ``candidate_settings`` and ``candidate_runs`` do."""
     finished = _finished_dg(runs)
     seeds = hparams_seeds(finished)
     out = []
@@ -135,6 +135,11 @@ def candidate_runs(runs: list[Run]) -> dict[tuple, Run]:
     return {(r.dataset, r.label, r.trial_seed, seeds[r.run_id]): r for r in finished}
 
 
+def settings_text(values: dict) -> str:
+    """Settings as a report names them: ``lr=0.001, rho=0.05`` (the last part of each dotted key)."""
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+
+
 def drawn(run: Run | None) -> dict:
     """A random search's candidate as reports name it: its draw and the values drawn ({} outside a search)."""
     if run is None or run.draw is None:
@@ -147,7 +152,7 @@ def choice_note(label: str, picks: list[dict]) -> str:
     from collections import Counter
 
     shown = Counter(" ".join([*([f"draw {p['draw']}:"] if "draw" in p else []),
-                              ", ".join(f"{k.split('.')[-1]}={v}" for k, v in p.get("values", p["settings"]).items())])
+                              settings_text(p.get("values", p["settings"]))])
                     for p in picks)
     steps = sorted({p["step"] for p in picks})
     which = "; ".join(f"{s} ×{n}" for s, n in shown.most_common()) if any(shown) else "its one candidate"

@@ -3,14 +3,18 @@ each (row, test env, trial seed) cell, with its values, and how many draws never
 
 from __future__ import annotations
 
-from .dg import candidate_runs, chosen_accs, dataset_order, drawn, records
+from .dg import candidate_runs, chosen_accs, dataset_order, drawn, records, settings_text
 from .runs import Run
 from .selection import SELECTIONS
 from .tables import Cell, Table
 
 
+def _searched(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.kind == "dg" and r.draw is not None]
+
+
 def draw_tables(runs: list[Run], selection: str) -> list[Table]:
-    searched = [r for r in runs if r.kind == "dg" and r.draw is not None]
+    searched = _searched(runs)
     if not searched:
         return []
     chosen = chosen_accs(records(searched), selection)
@@ -24,7 +28,7 @@ def draw_tables(runs: list[Run], selection: str) -> list[Table]:
             if d != dataset:
                 continue
             pick = drawn(candidates[(d, label, trial, v["hparams_seed"])])
-            values = ", ".join(f"{k.split('.')[-1]}={x}" for k, x in pick["values"].items())
+            values = settings_text(pick["values"])
             name = f"{label} · env {env} · trial {trial} → draw {pick['draw']}"
             table.rows.append((f"{name} ({values})" if values else name,
                                [Cell(100 * v["val_acc"]), Cell(100 * v["test_acc"])]))
@@ -44,7 +48,7 @@ def summary(runs: list[Run]) -> dict:
 
 def summaries(runs: list[Run]) -> list[dict]:
     """``summary`` per dataset of the searched DG runs (the JSON report's ``search``)."""
-    searched = [r for r in runs if r.kind == "dg" and r.draw is not None]
+    searched = _searched(runs)
     return [{"dataset": d, **summary([r for r in searched if r.dataset == d])}
             for d in dataset_order(r.dataset for r in searched)]
 

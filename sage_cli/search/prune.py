@@ -29,7 +29,7 @@ def verdict(rule: str, eta: int, mine: float, peers: list[float], rung: int) -> 
         return f"validation {mine:.4f} below the median {median:.4f} of {len(peers)} other draw(s)" \
             if mine < median else None
     if rule == "asha":
-        if eta ** round(_log(rung, eta)) != rung:
+        if not _is_power(rung, eta):
             return None  # not a rung
         values = sorted([*peers, mine], reverse=True)
         keep = max(1, len(values) // eta)
@@ -38,10 +38,11 @@ def verdict(rule: str, eta: int, mine: float, peers: list[float], rung: int) -> 
     return None
 
 
-def _log(x: int, base: int) -> float:
-    import math
-
-    return math.log(x, base)
+def _is_power(rung: int, eta: int) -> bool:
+    """Whether ``rung`` is η^k for some k ≥ 0 (1, η, η², …)."""
+    while rung % eta == 0:
+        rung //= eta
+    return rung == 1
 
 
 def peer_values(client, experiment_id: str, recipe, run_id: str, step: int) -> list[float]:

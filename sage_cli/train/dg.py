@@ -265,9 +265,14 @@ class Batcher:
         self._planned.clear()
 
 
+def training_domain_acc(metrics: dict, train_envs) -> float:
+    """DomainBed's training-domain validation accuracy: the mean of the training envs' out accuracies."""
+    return sum(metrics[f"env{i}_out_acc"] for i in train_envs) / len(train_envs)
+
+
 def select_training_domain(history: list[Record], train_envs) -> Record:
     """DomainBed's training-domain validation: the checkpoint with the best mean train-env out accuracy."""
-    return max(history, key=lambda c: sum(c.metrics[f"env{i}_out_acc"] for i in train_envs) / len(train_envs))
+    return max(history, key=lambda c: training_domain_acc(c.metrics, train_envs))
 
 
 def judged_key(recipe: Recipe, env: int) -> str:

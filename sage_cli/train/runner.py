@@ -49,9 +49,9 @@ class RunOutcome:
 def search_metrics(ckpt, data) -> dict[str, float]:
     """What a random search judges a draw by at a checkpoint: DomainBed's training-domain validation accuracy."""
     from ..search.prune import VAL_METRIC
+    from .dg import training_domain_acc
 
-    envs = list(data.train_envs)
-    return {VAL_METRIC: sum(ckpt.metrics[f"env{i}_out_acc"] for i in envs) / len(envs)}
+    return {VAL_METRIC: training_domain_acc(ckpt.metrics, list(data.train_envs))}
 
 
 def judge_draw(recipe: Recipe, client, experiment_id: str, run_id: str, step: int, metrics: dict, total: int) -> None:
