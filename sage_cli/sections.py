@@ -9,8 +9,8 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .catalog import DATASETS, MODELS, dataset_kind
-from .settings.distributions import DOMAINBED, ByDataset, Dist
 from .settings import Section, non_defaults
+from .settings.distributions import DOMAINBED, ByDataset, Dist
 
 
 class DatasetConfig(Section):

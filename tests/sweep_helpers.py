@@ -29,13 +29,17 @@ def child_runs(uri):
     return client, [r for r in all_runs if "sage.sweep_id" in r.data.tags and "sage.sweep_parent" not in r.data.tags]
 
 
-def start_sweep(cwd, *args, env=None):
+def start_sweep(cwd, *args, env=None, sigint_ignored=False):
     """`sage ARGS` (a sweep) started in ``cwd`` without waiting: (process, tracking URI of its store). ``env``
-    reaches the jobs too (the local launcher passes its environment on)."""
+    reaches the jobs too (the local launcher passes its environment on). ``sigint_ignored``: started as a
+    script's background job (``sage sweep … &``), which the shell starts with SIGINT ignored, and its jobs too."""
+    import signal
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGE_SWEEPS": str(Path(cwd) / "sweeps"), **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     proc = subprocess.Popen([sys.executable, "-m", "sage_cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     return proc, f"sqlite:///{Path(cwd) / 'mlflow.db'}"
 
 

@@ -111,7 +111,7 @@ def test_ctrl_c_while_a_job_process_starts_stops_that_job(tmp_path, monkeypatch)
         with pytest.raises(KeyboardInterrupt):
             local.run_local(state, jobs, max_parallel=1, console=Console(quiet=True))
         assert len(started) == 1  # the second job never started
-        assert started[0].poll() == -signal.SIGINT  # the started one was stopped, not left running
+        assert started[0].poll() == -signal.SIGTERM  # the started one was stopped, not left running
         assert [j.status for j in jobs] == ["cancelled", "cancelled"]
     finally:
         for proc in started:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sweep_helpers import QUICKSTART, ROOT, TINY, child_runs, runs, sage, start_sweep, wait_for_running_job
 
-from sage_cli.launch.plan import COMPONENTS, expand, load_experiment
 from sage_cli.errors import UserError
+from sage_cli.launch.plan import COMPONENTS, expand, load_experiment
 from sage_cli.recipe import load_recipe
 
 
@@ -226,9 +226,10 @@ def test_32_concurrent_jobs_into_one_sqlite_store(tmp_path):
 
 def test_sage_cancel_stops_a_local_sweep_and_starts_nothing_after(tmp_path):
     """Before, the launcher started the next queued job in place of the cancelled one (it ran to FINISHED while
-    `sage status` said cancelled), called the cancelled job failed and exited 0."""
+    `sage status` said cancelled), called the cancelled job failed and exited 0. The sweep runs as a script's
+    background job: its jobs ignore SIGINT, and were left RUNNING when `sage cancel` stopped them by SIGINT."""
     proc, uri = start_sweep(tmp_path, "ablate", QUICKSTART, "--rho", "1e-3,2e-3,3e-3", "--set", "training.steps=5000",
-                            "--set", "training.checkpoint_freq=50")
+                            "--set", "training.checkpoint_freq=50", sigint_ignored=True)
     try:
         wait_for_running_job(tmp_path, uri)
         sweep_id = next(tmp_path.glob("sweeps/*/sweep.json")).parent.name
@@ -242,6 +243,8 @@ def test_sage_cancel_stops_a_local_sweep_and_starts_nothing_after(tmp_path):
     assert proc.returncode == 1 and "3 of 3 jobs did not finish (3 cancelled)" in err, out + err
     client, children = child_runs(uri)
     assert [r.info.status for r in children] == ["KILLED"]  # no queued job started after the cancel
+    [log] = (tmp_path / "sweeps" / sweep_id / "logs").glob("*.log")
+    assert "is marked KILLED and its checkpoint kept" in log.read_text()  # the job stopped itself, not SIGKILL
     status = sage(["status", sweep_id], tmp_path, env={"COLUMNS": "200"})
     assert status.stdout.strip().splitlines()[-1] == "3 cancelled"
     parent = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])

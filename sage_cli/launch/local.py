@@ -93,10 +93,12 @@ class _Process:
 
 
 def _stop(procs) -> None:
-    """SIGINT: each job stops after its current step and marks its MLflow run KILLED itself. A job still
-    busy after 30 s (a long evaluation) gets a second SIGINT, which stops it at once; SIGKILL 10 s later.
+    """SIGTERM: each job stops after its current step and marks its MLflow run KILLED itself. A job still
+    busy after 30 s (a long evaluation) gets a second SIGTERM, which stops it at once; SIGKILL 10 s later.
+    SIGTERM, not SIGINT: a sweep started in the background of a script (``sage sweep … &``) hands its jobs
+    SIGINT ignored, and an ignored signal stays ignored; SIGTERM is never inherited ignored that way.
     ``procs``: our own children (subprocess.Popen, reaped as they exit) or ``_Process`` ids."""
-    for sig, grace in ((signal.SIGINT, 30), (signal.SIGINT, 10), (signal.SIGKILL, 5)):
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         procs = [p for p in procs if p.poll() is None]
         for proc in procs:
             proc.send_signal(sig)

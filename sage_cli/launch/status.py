@@ -115,7 +115,7 @@ def _by_launcher(state: SweepState) -> dict:
 
 
 def cancel_sweep(state: SweepState) -> int:
-    """Cancel every unfinished job: scancel or SIGINT, then mark their MLflow runs KILLED."""
+    """Cancel every unfinished job: scancel or SIGTERM, then mark their MLflow runs KILLED."""
     from mlflow.tracking import MlflowClient
 
     rows = job_statuses(state)

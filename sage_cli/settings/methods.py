@@ -14,8 +14,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ..registry import Registry
-from .distributions import DOMAINBED, SAGM, ByDataset, Dist
 from . import Choice, non_defaults
+from .distributions import DOMAINBED, SAGM, ByDataset, Dist
 
 METHODS = Registry("optimizer method")
 FIG3 = "SAGE paper, Fig. 3: 10^-7 … 10^-4"

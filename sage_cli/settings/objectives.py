@@ -11,8 +11,8 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field
 
 from ..registry import Registry, resolve
-from .distributions import DOMAINBED, Dist
 from . import Choice, Section
+from .distributions import DOMAINBED, Dist
 
 OBJECTIVES = Registry("objective")
 
