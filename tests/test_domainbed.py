@@ -155,3 +155,20 @@ def test_shipped_recipe_runs_three_steps_through_the_cli(root, name, tmp_path, m
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "target env 0 accuracy" in result.output
+
+
+def test_embedded_digits_are_load_digits_read_without_importing_scikit_learn():
+    """RotatedDigits reads the file load_digits reads (its import is ~1.2 s of every digits run's start)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from sage_cli.data.digits import _bundled_digits
+
+    pixels, target = _bundled_digits()
+    digits = load_digits()
+    assert pixels.dtype == digits.images.dtype and (pixels == digits.images).all() and (target == digits.target).all()
+    probe = ("import sys; from sage_cli.data.digits import RotatedDigits; from sage_cli.mtl.data import DigitPairs; "
+             "RotatedDigits(); DigitPairs('test', 4); print(sorted(m for m in sys.modules if m.startswith('sklearn')))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -178,12 +178,9 @@ class DigitPairs:
     n_classes = 10
 
     def __init__(self, split: str, n_pairs: int | None = None, seed: int = 0):
-        from sklearn.datasets import load_digits
+        from ..data.digits import digits_tensors
 
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        images = F.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
-        labels = torch.tensor(digits.target, dtype=torch.long)
+        images, labels = digits_tensors(16)
         pool = torch.arange(0, 1400) if split == "train" else torch.arange(1400, len(labels))
         n = n_pairs or (3000 if split == "train" else 1000)
         g = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
