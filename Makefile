@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-speed bench-data bench-methods bench-mtl figures clean
+.PHONY: install run test lint bench bench-speed bench-data bench-methods bench-mtl bench-gpu gpu-wheels figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ bench: $(STAMP)
 # the input pipeline alone: workers vs the training process, evaluation cache vs decoding (~5 minutes) → README
 bench-data: $(STAMP)
 	$(BIN)/python bench/data_pipeline.py
+
+# the GPU figures (sage bench at fp32/tf32/bf16, --data, 300-step runs with 0/4/8 workers) → bench/gpu-figures/
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu_figures.py --out bench/gpu-figures
+
+# sage's dependencies beyond PyTorch as CPython 3.12 wheels, for a GPU machine without PyPI (bench/gpu_figures.py)
+gpu-wheels: | $(BIN)/python
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl -r bench/gpu-wheels.txt
 
 # every DG objective and optimizer on RotatedDigits, 3 seeds, through sage sweep + sage report (about 20 minutes)
 bench-methods: $(STAMP)
