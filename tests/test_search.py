@@ -155,14 +155,15 @@ def test_the_pruning_rules(rule, mine, peers, rung, stops):
     assert (verdict(rule, 3, mine, peers, rung) is not None) == stops
 
 
-def _search_sweep(cwd, prune: str, parallel: int):
+def _search_sweep(cwd, prune: str, parallel: int, search: str = "n: 3", methods=("ERM", "SAM")):
     """ERM and SAM × 3 draws on one test env and trial seed (checkpoints at steps 0, 5, 10, 15, 19)."""
     from sweep_helpers import QUICKSTART, sage
 
     exp = cwd / "search.yaml"
+    rows = "".join(f"\n  {m}: {{optimizer.method: {m.lower()}}}" for m in methods)
     exp.write_text(f"name: search\nrecipes: [{QUICKSTART}]\noverrides: {{training.steps: 20, "
-                   "training.checkpoint_freq: 5}\nmethods:\n  ERM: {optimizer.method: erm}\n  SAM: {optimizer.method: "
-                   f"sam}}\nsearch: {{n: 3, prune: {prune}}}\nseeds: [0]\ntest_envs: [5]\n")
+                   f"training.checkpoint_freq: 5}}\nmethods:{rows}\nsearch: {{{search}, prune: {prune}}}\n"
+                   "seeds: [0]\ntest_envs: [5]\n")
     proc = sage(["sweep", str(exp), "--max-parallel", str(parallel)], cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return exp
@@ -203,6 +204,30 @@ def test_a_search_sweep_reports_the_chosen_draw_and_pruning_saves_steps(tmp_path
     assert "6 jobs (0 to run, 6 already finished)" in again.stdout  # a pruned draw is not run again
     status = sage(["status", "search"], tmp_path, env={"COLUMNS": "200"}).stdout
     assert "finished (pruned at step" in status
+
+
+def test_asha_stops_draws_only_at_its_rungs_and_the_report_chooses_among_them(tmp_path):
+    """ERM × 4 draws, η = 2, one job at a time: checkpoints 1, 2, 3 at steps 5, 10, 15; the rungs are 1 and 2
+    (1, η), so a draw may stop at step 5 or 10 and never at 15 (checkpoint 3 is no rung); the last is not judged."""
+    import json
+
+    from sweep_helpers import child_runs, sage
+
+    _search_sweep(tmp_path, "asha", 1, search="n: 4, asha_eta: 2", methods=("ERM",))
+    client, runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    last = {r.data.tags["sage.draw"]: max(m.step for m in client.get_metric_history(r.info.run_id, "env5_in_acc"))
+            for r in runs}
+    pruned = {r.data.tags["sage.draw"]: int(r.data.tags["sage.pruned_at_step"]) for r in runs
+              if r.data.tags.get("sage.pruned") == "true"}
+    assert pruned and set(pruned.values()) <= {5, 10}, pruned  # measured: draws stop, at rungs only
+    assert all(last[d] == (pruned[d] if d in pruned else 19) for d in last), (last, pruned)
+    assert "0" not in pruned  # the first draw had no peer to be compared with
+    report = json.loads(sage(["report", "search", "--format", "json"], tmp_path).stdout)
+    [cell] = [r for r in report["dg"] if r["method"] == "ERM" and r["test_env"] == 5]
+    assert str(cell["chosen"][0]["draw"]) not in pruned and cell["mean"] is not None  # a pruned draw is never chosen
+    [summary] = report["search"]
+    assert summary["pruned"] == len(pruned) and summary["steps_saved"] == sum(19 - s for s in pruned.values())
 
 
 def test_the_shipped_digits_search_plans_48_jobs_of_4_draws_each():
