@@ -43,6 +43,13 @@ def _sage(args: list[str], timeout: float) -> tuple[subprocess.CompletedProcess 
     return proc, time.perf_counter() - t0
 
 
+def _failure(proc: subprocess.CompletedProcess | None) -> dict:
+    """{} for a command that succeeded, else {"error": why} (the end of its stderr)."""
+    if proc is not None and proc.returncode == 0:
+        return {}
+    return {"error": "timed out" if proc is None else proc.stderr.strip()[-1500:]}
+
+
 def _record(out: Path, row: dict) -> None:
     with open(out / "gpu_figures.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -51,10 +58,8 @@ def _record(out: Path, row: dict) -> None:
 
 def bench(out: Path, stage: str, args: list[str], timeout: float) -> None:
     proc, wall = _sage(["bench", *args, "--json"], timeout)
-    row = {"stage": stage, "args": args, "wall_seconds": round(wall, 1)}
-    if proc is None or proc.returncode != 0:
-        row["error"] = "timed out" if proc is None else proc.stderr.strip()[-1500:]
-    else:
+    row = {"stage": stage, "args": args, "wall_seconds": round(wall, 1), **_failure(proc)}
+    if "error" not in row:
         row["result"] = json.loads(proc.stdout.strip().splitlines()[-1])
     _record(out, row)
 
@@ -69,10 +74,9 @@ def train(out: Path, data: Path, workers: int, steps: int, device: str, sets: li
                  f"training.device={device}", f"tracking.uri={store}", f"training.output_dir={data / 'runs'}", *sets]
     proc, wall = _sage(["run", "recipes/pacs.yaml", "--force", *[a for o in overrides for a in ("--set", o)]],
                        timeout)
-    row = {"stage": f"sage run, {workers} workers", "steps": steps, "workers": workers, "wall_seconds": round(wall, 1)}
-    if proc is None or proc.returncode != 0:
-        row["error"] = "timed out" if proc is None else proc.stderr.strip()[-1500:]
-    else:
+    row = {"stage": f"sage run, {workers} workers", "steps": steps, "workers": workers,
+           "wall_seconds": round(wall, 1), **_failure(proc)}
+    if "error" not in row:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=store)
@@ -115,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for gpu_figures.jsonl and gpu_figures.md")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true", help="small_cnn and small images: a check of the stages")
+    parser.add_argument("--quick", action="store_true", help="small_cnn benches and a ViT-Tiny run on 32² images: a check of the stages")
     parser.add_argument("--per-class", type=int, default=40, help="generated images per class and env")
     parser.add_argument("--steps", type=int, default=300, help="steps of each sage run")
     args = parser.parse_args()
@@ -144,8 +148,7 @@ def main() -> None:
         image_size = "32" if args.quick else "224"  # recipes/pacs.yaml's; built once, so no run pays for it
         proc, wall = _sage(["datasets", "prepare", "pacs", "--root", str(data), "--image-size", image_size], 300)
         _record(out, {"stage": "sage datasets prepare pacs (evaluation cache)", "wall_seconds": round(wall, 1),
-                      **({} if proc is not None and proc.returncode == 0 else
-                         {"error": "timed out" if proc is None else proc.stderr.strip()[-1500:]})})
+                      **_failure(proc)})
         for workers in (8, 4, 0):
             train(out, data, workers, steps, args.device, sets, 600)
     summary(out)

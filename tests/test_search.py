@@ -156,7 +156,8 @@ def test_the_pruning_rules(rule, mine, peers, rung, stops):
 
 
 def _search_sweep(cwd, prune: str, parallel: int, search: str = "n: 3", methods=("ERM", "SAM")):
-    """ERM and SAM × 3 draws on one test env and trial seed (checkpoints at steps 0, 5, 10, 15, 19)."""
+    """``methods`` (ERM and SAM) × ``search``'s draws (3) on one test env and trial seed (checkpoints at steps 0, 5,
+    10, 15, 19)."""
     from sweep_helpers import QUICKSTART, sage
 
     exp = cwd / "search.yaml"
