@@ -132,18 +132,25 @@ def _decoded_accuracy(model, split, normalization_mean, normalization_std, size)
     return correct / len(split)
 
 
-def test_normalising_on_the_device_is_torchvisions_arithmetic(root):
+@pytest.mark.parametrize("block_images", [None, 3])
+def test_normalising_on_the_device_is_torchvisions_arithmetic(root, monkeypatch, block_images):
     from PIL import Image
     from torchvision import transforms as T
 
+    from sage_cli.data import domainbed
     from sage_cli.data.domainbed import normalization_for
 
+    if block_images:  # a CPU normalises block by block: blocks of 3 images, the last one short
+        monkeypatch.setattr(domainbed, "_CPU_BLOCK_BYTES", block_images * 3 * 32 * 32 * 4)
     for name in ("imagenet", "clip"):
         norm = normalization_for(name)
         before = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Normalize(norm.mean, norm.std)])
         images = [Image.open(p).convert("RGB") for p in sorted((root / "PACS" / "photo" / "dog").iterdir())[:4]]
         pixels = torch.stack([T.PILToTensor()(T.Resize((32, 32))(im)) for im in images])
-        assert torch.equal(norm(pixels), torch.stack([before(im) for im in images]))  # bit for bit
+        expect = torch.stack([before(im) for im in images])
+        assert torch.equal(norm(pixels), expect)  # bit for bit
+        out = torch.full(expect.shape, float("nan"))
+        assert norm(pixels, out) is out and torch.equal(out, expect)
 
 
 def test_cache_holds_the_decoded_pixels_and_gives_the_decoded_accuracies(root, tmp_path):

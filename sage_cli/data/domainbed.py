@@ -88,6 +88,9 @@ def verify_images(samples: list[tuple[Path, int]]) -> list[Path]:
     return bad
 
 
+_CPU_BLOCK_BYTES = 8 << 20
+
+
 class Normalize:
     """uint8 pixels (N, 3, H, W) → (x/255 − mean)/std in float32, on whatever device they are: the arithmetic of
     torchvision's ``ToTensor`` + ``Normalize``, so the model sees the same bits, but 4× fewer bytes cross from the
@@ -110,8 +113,14 @@ class Normalize:
         """``out``: a float32 tensor of x's shape to write into (a caller that consumes each batch before the next
         reuses one: a fresh 150 MB tensor per batch costs more in page faults than the arithmetic on a CPU)."""
         mean, std = self._stats(x.device)
-        y = x.to(torch.float32, copy=True) if out is None else out.copy_(x)
-        return y.div_(255).sub_(mean).div_(std)  # in place: the same three operations' bits
+        y = torch.empty(x.shape, dtype=torch.float32, device=x.device) if out is None else out
+        # On a CPU the four passes run over blocks of about 8 MB, which stay in the last-level cache, instead of over
+        # a whole batch from memory: 1.6–2× the images per second at 224² on a 2-core VM (32 MB L3), with OpenMP's
+        # idle threads sleeping or spinning; smaller blocks lose it again to waking threads. A GPU takes it whole.
+        step = len(x) if x.device.type != "cpu" else max(1, _CPU_BLOCK_BYTES // max(4 * x[0].numel(), 1))
+        for i in range(0, len(x), step):
+            y[i:i + step].copy_(x[i:i + step]).div_(255).sub_(mean).div_(std)  # in place: the same operations' bits
+        return y
 
 
 def normalization_for(name: str) -> Normalize:

@@ -101,6 +101,8 @@ def run(dataset: str, root: str, model: str, image_size: int, batch: int, worker
         say("timing steps with their loading …")
         step_with_data = _step_seconds(pooled, steps)
         step_with_data_inprocess = _step_seconds(inprocess, steps)
+        for task in (pooled, inprocess):  # as in a run, whose training workers sit idle behind a full queue while it
+            task.batcher.close()          # evaluates: none may still be decoding while evaluation is timed
         say("timing evaluation …")
         eval_rate = _eval_rate(pooled.evaluation, runtime.device)
         envs = [s["in"].env for s in data.splits]

@@ -86,6 +86,10 @@ class Evaluation:
                       for key in self.keys for j in range(0, len(data.splits[key[0]][key[1]]), EVAL_BATCH)]
         self._work = [item for _, item in self.items]
         self.pipeline: Pipeline | None = None
+        # reused within and across evaluations: fresh 40–150 MB tensors per evaluation cost more in page faults on a
+        # CPU than reading and normalising the cached pixels (a GPU's caching allocator would keep them anyway)
+        self._staging: torch.Tensor | None = None
+        self._normalised: torch.Tensor | None = None
 
     def _pipeline(self) -> Pipeline:
         if self.pipeline is None:
@@ -104,22 +108,19 @@ class Evaluation:
         envs = [s["in"].env for s in self.data.splits]
         cached = pipeline.workers == 0 and all(getattr(env, "pixels", None) is not None for env in envs)
         loaded = None if cached else pipeline.stream(self._work)
-        staging = normalised = None  # reused: fresh 40–150 MB tensors per batch cost more in page faults than work
         for key, item in self.items:
             env = envs[item.env]
             if cached:  # read from the memory map into one (pinned, for a GPU) staging tensor, copied blocking
-                if staging is None or len(staging) < len(item.indices):
-                    staging = torch.empty((len(item.indices), *env.pixels.shape[1:]), dtype=torch.uint8,
-                                          pin_memory=device.type == "cuda")
-                x, y = env.batch_pixels(item.indices, out=staging[:len(item.indices)])
+                shape = (len(item.indices), *env.pixels.shape[1:])
+                self._staging = _reuse(self._staging, shape, torch.uint8, "cpu", pin=device.type == "cuda")
+                x, y = env.batch_pixels(item.indices, out=self._staging[:len(item.indices)])
                 x = x.to(device)
             else:
                 x, y = next(loaded)
             out = None
             if x.dtype == torch.uint8:  # image pixels: normalised into one reused float32 tensor
-                if normalised is None or normalised.shape[1:] != x.shape[1:] or len(normalised) < len(x):
-                    normalised = torch.empty(x.shape, dtype=torch.float32, device=device)
-                out = normalised[:len(x)]
+                self._normalised = _reuse(self._normalised, x.shape, torch.float32, device)
+                out = self._normalised[:len(x)]
             yield (key, *to_device(env, x, y, device, out))
 
     @torch.no_grad()
@@ -137,6 +138,14 @@ class Evaluation:
     def close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.close()
+        self._staging = self._normalised = None
+
+
+def _reuse(buffer: torch.Tensor | None, shape, dtype, device, pin: bool = False) -> torch.Tensor:
+    """``buffer`` when it holds a batch of ``shape`` (rows beyond the batch unused), else a new one."""
+    if buffer is not None and buffer.shape[1:] == tuple(shape[1:]) and len(buffer) >= shape[0]:
+        return buffer
+    return torch.empty(tuple(shape), dtype=dtype, device=device, pin_memory=pin)
 
 
 class TargetAlignment:
