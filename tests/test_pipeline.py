@@ -151,6 +151,7 @@ def test_normalising_on_the_device_is_torchvisions_arithmetic(root, monkeypatch,
         assert torch.equal(norm(pixels), expect)  # bit for bit
         out = torch.full(expect.shape, float("nan"))
         assert norm(pixels, out) is out and torch.equal(out, expect)
+        assert norm(pixels[:0]).shape == (0, 3, 32, 32)
 
 
 def test_cache_holds_the_decoded_pixels_and_gives_the_decoded_accuracies(root, tmp_path):

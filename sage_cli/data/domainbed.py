@@ -117,7 +117,8 @@ class Normalize:
         # On a CPU the four passes run over blocks of about 8 MB, which stay in the last-level cache, instead of over
         # a whole batch from memory: 1.6–2× the images per second at 224² on a 2-core VM (32 MB L3), with OpenMP's
         # idle threads sleeping or spinning; smaller blocks lose it again to waking threads. A GPU takes it whole.
-        step = len(x) if x.device.type != "cpu" else max(1, _CPU_BLOCK_BYTES // max(4 * x[0].numel(), 1))
+        block = _CPU_BLOCK_BYTES * len(x) // max(4 * x.numel(), 1) if x.device.type == "cpu" else len(x)
+        step = max(block, 1)
         for i in range(0, len(x), step):
             y[i:i + step].copy_(x[i:i + step]).div_(255).sub_(mean).div_(std)  # in place: the same operations' bits
         return y
