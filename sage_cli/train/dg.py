@@ -127,13 +127,16 @@ class Evaluation:
     def __call__(self, model) -> dict[tuple[int, str], float]:
         was_training = model.training
         model.eval()
-        correct = dict.fromkeys(self.keys, 0)
+        # counted on the device and read once at the end: a read per batch would make the host wait for each
+        # forward pass before it reads the next batch's pixels, where it can read them while the GPU computes
+        correct = {key: torch.zeros((), dtype=torch.long, device=self.runtime.device) for key in self.keys}
         for key, x, y in self.batches():
             with self.runtime.autocast():
                 out = model(x)
-            correct[key] += int((out.argmax(1) == y).sum())
+            correct[key] += (out.argmax(1) == y).sum()
         model.train(was_training)
-        return {key: correct[key] / max(len(self.data.splits[key[0]][key[1]]), 1) for key in self.keys}
+        counts = torch.stack(list(correct.values())).tolist()
+        return {key: n / max(len(self.data.splits[key[0]][key[1]]), 1) for key, n in zip(self.keys, counts)}
 
     def close(self) -> None:
         if self.pipeline is not None:
