@@ -13,13 +13,12 @@ def classification_metrics(model, batches, n: int, tasks, device) -> dict[str, f
     """Each task's accuracy (percent) and their mean, over the ``n`` test samples in ``batches``."""
     model.eval()
     # counted on the device and read once at the end (as the DG evaluation): no host wait per batch
-    correct = {t: torch.zeros((), dtype=torch.long, device=device) for t in tasks}
+    correct = torch.zeros(len(tasks), dtype=torch.long, device=device)
     for x, y in batches:
         out = model(x.to(device))
-        for t in tasks:
-            correct[t] += (out[t].argmax(1) == y[t].to(device)).sum()
-    counts = torch.stack(list(correct.values())).tolist()
-    metrics = {f"{t}_acc": 100 * c / n for t, c in zip(correct, counts)}
+        for i, t in enumerate(tasks):
+            correct[i] += (out[t].argmax(1) == y[t].to(device)).sum()
+    metrics = {f"{t}_acc": 100 * c / n for t, c in zip(tasks, correct.tolist())}
     metrics["mean_acc"] = sum(metrics.values()) / len(tasks)
     model.train()
     return metrics

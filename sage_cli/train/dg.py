@@ -129,14 +129,14 @@ class Evaluation:
         model.eval()
         # counted on the device and read once at the end: a read per batch would make the host wait for each
         # forward pass before it reads the next batch's pixels, where it can read them while the GPU computes
-        correct = {key: torch.zeros((), dtype=torch.long, device=self.runtime.device) for key in self.keys}
+        slot = {key: i for i, key in enumerate(self.keys)}
+        correct = torch.zeros(len(self.keys), dtype=torch.long, device=self.runtime.device)
         for key, x, y in self.batches():
             with self.runtime.autocast():
                 out = model(x)
-            correct[key] += (out.argmax(1) == y).sum()
+            correct[slot[key]] += (out.argmax(1) == y).sum()
         model.train(was_training)
-        counts = torch.stack(list(correct.values())).tolist()
-        return {key: n / max(len(self.data.splits[key[0]][key[1]]), 1) for key, n in zip(self.keys, counts)}
+        return {key: n / max(len(self.data.splits[key[0]][key[1]]), 1) for key, n in zip(self.keys, correct.tolist())}
 
     def close(self) -> None:
         if self.pipeline is not None:
