@@ -230,6 +230,38 @@ def test_pipeline_error_in_a_worker_is_one_line(tmp_path):
     assert str(err.value).startswith("cannot read image") and "\n" not in str(err.value)
 
 
+_SERVER_IMPORTS = """
+import sys, time
+from pathlib import Path
+from sage_cli.catalog import card
+from sage_cli.data.domainbed import FolderDataset
+from sage_cli.data.pipeline import Pipeline
+
+def children(pid):
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+if __name__ == "__main__":
+    pipeline = Pipeline(FolderDataset(sys.argv[1], 32, card=card("pacs")).datasets, 2)  # nothing streamed yet
+    server = next(c for c in children("self")
+                  if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes())
+    wanted = {"libtorch_cpu": False, "PIL/_imaging": False, "torchvision/_C": False}
+    deadline = time.monotonic() + 120
+    while not all(wanted.values()) and time.monotonic() < deadline:
+        maps = Path(f"/proc/{server}/maps").read_text()
+        wanted = {lib: lib in maps for lib in wanted}
+        time.sleep(0.2)
+    print(sorted(lib for lib, found in wanted.items() if found), len(children(server)))
+"""
+
+
+def test_workers_fork_from_a_server_that_already_imported_what_they_need(root):
+    # each worker importing torch, torchvision and PIL itself costs ~4 s of CPU; the pool's fork server does it
+    # once, as soon as the pool exists (before its first item, while the run sets up)
+    out = subprocess.run([sys.executable, "-c", _SERVER_IMPORTS, str(root)], capture_output=True, text=True,
+                         timeout=180, check=True).stdout.split()
+    assert out == ["['PIL/_imaging',", "'libtorch_cpu',", "'torchvision/_C']", "0"]  # loaded; no worker forked yet
+
+
 def test_mtl_batches_through_the_workers_are_the_same(tmp_path):
     from mtl_fixtures import make_dense
 

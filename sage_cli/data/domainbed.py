@@ -159,6 +159,8 @@ class FolderEnv:
     one. Evaluation pixels come from ``pixels`` (the evaluation cache, uint8, memory-mapped) when attached.
     """
 
+    worker_imports = ("PIL.Image", "torchvision.transforms")  # imported when an image is first read; see pipeline
+
     def __init__(self, samples, transforms, normalize: Normalize, corrupt_images: str = "fail"):
         self.samples = samples
         self.labels = torch.tensor([y for _, y in samples], dtype=torch.long)

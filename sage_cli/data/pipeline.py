@@ -81,6 +81,9 @@ class _Images(torch.utils.data.Dataset):
         except UserError as exc:  # comes back as itself: a worker's exception would arrive wrapped in its traceback
             return _Failed(str(exc))
 
+    def __len__(self) -> int:  # never asked by a sampler of items; DataLoader's type checks want one
+        return sum(len(env) for env in self.envs)
+
 
 @dataclass(frozen=True)
 class _Failed:
@@ -93,14 +96,33 @@ def _checked(batches):
             raise UserError(batch.message)
         yield batch
 
-    def __len__(self) -> int:  # never asked by a sampler of items; DataLoader's type checks want one
-        return sum(len(env) for env in self.envs)
+
+def _worker_modules(envs, load) -> list[str]:
+    """What a worker imports to run ``load`` on ``envs``: torch, the modules of ``load`` and of the envs' classes,
+    and what the envs name in ``worker_imports`` (decoders they import only when they first read a file)."""
+    names = {"torch", load.__module__}
+    for env in envs:
+        names.add(type(env).__module__)
+        names.update(getattr(env, "worker_imports", ()))
+    return sorted(names)
 
 
-def _start_method() -> str:
-    # forkserver: workers fork from a small clean server, not from a training process with MLflow's and
-    # rich's threads running (fork there can deadlock a child on a lock held by another thread)
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+def _start_context(envs, load):
+    """The context workers start in, its fork server already starting (it imports while the run sets up).
+
+    forkserver: workers fork from a small clean server, not from a training process with MLflow's and rich's
+    threads running (fork there can deadlock a child on a lock held by another thread). The server imports what
+    the workers need once, before its first fork: each worker importing torch, torchvision and PIL itself costs
+    ~4 s of CPU, 15 workers a minute of it at every start. Its preload is fixed when it starts (the first pool of
+    the process): a later pool's workers import anything else themselves."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_worker_modules(envs, load))
+    forkserver.ensure_running()  # returns at once: the server imports in its own process
+    return context
 
 
 def _quiet_worker(_):
@@ -119,6 +141,7 @@ class Pipeline:
         self.envs, self.workers, self.pin_memory, self.load = list(envs), int(workers), pin_memory, load
         self.persistent = persistent and self.workers > 0
         self._loaders: dict[int, torch.utils.data.DataLoader] = {}
+        self._context = _start_context(self.envs, load) if self.workers > 0 else None
 
     def stream(self, items: Iterable[Item]) -> Iterator:
         if self.workers == 0:
@@ -134,7 +157,7 @@ class Pipeline:
         loader = torch.utils.data.DataLoader(
             _Images(self.envs, self.load), batch_size=None, sampler=items, num_workers=self.workers,
             pin_memory=self.pin_memory, prefetch_factor=PREFETCH_PER_WORKER, persistent_workers=self.persistent,
-            multiprocessing_context=_start_method(), worker_init_fn=_quiet_worker)
+            multiprocessing_context=self._context, worker_init_fn=_quiet_worker)
         if self.persistent:
             self._loaders[key] = loader
         return loader
