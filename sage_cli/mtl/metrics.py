@@ -10,14 +10,14 @@ from .benchmarks import CITYSCAPES, NYUV2, Benchmark, delta_m  # noqa: F401  (to
 class ConfusionMatrix:
     """Segmentation metrics from a running confusion matrix (pixels labelled −1 are ignored)."""
 
-    def __init__(self, n_classes: int):
+    def __init__(self, n_classes: int, device="cpu"):
         self.n = n_classes
-        self.matrix = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        self.matrix = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)  # where the labels are
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         keep = target >= 0
         idx = target[keep].long() * self.n + pred[keep].long()
-        self.matrix += torch.bincount(idx.cpu(), minlength=self.n * self.n).reshape(self.n, self.n)
+        self.matrix += torch.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n).to(self.matrix.device)
 
     def miou(self) -> float:
         m = self.matrix.double()
