@@ -29,10 +29,13 @@ class MTLData:
     test: object
     tasks: tuple[str, ...]
     n_classes: int
-    metrics: Callable  # (model, test set, device) -> {metric: value}
+    metrics: Callable  # (model, the test set's batches in order, device) -> {metric: value}
+    eval_batch: int  # test samples per batch
 
-    def evaluate(self, model, device) -> dict[str, float]:
-        return self.metrics(model, self.test, device)
+    def test_indices(self) -> list[torch.Tensor]:
+        """The test set in order, ``eval_batch`` samples at a time (loaded with ``task_batch``, no augmentation)."""
+        n = len(self.test)
+        return [torch.arange(i, min(i + self.eval_batch, n)) for i in range(0, n, self.eval_batch)]
 
 
 def task_batch(ds, indices, train: bool, seeds=None):
@@ -44,13 +47,6 @@ def task_batch(ds, indices, train: bool, seeds=None):
     x = torch.stack([img for img, _ in items])
     targets = {t: torch.stack([tg[t] for _, tg in items]) for t in items[0][1]}
     return x, targets
-
-
-def test_batches(ds, size: int):
-    """The test set in order, ``size`` samples at a time, without augmentation."""
-    n = len(ds)
-    for i in range(0, n, size):
-        yield task_batch(ds, torch.arange(i, min(i + size, n)), train=False)
 
 
 def _dense(name: str, cfg) -> MTLData:
@@ -68,10 +64,8 @@ def _dense(name: str, cfg) -> MTLData:
     check_divisible(train.load(0)[0].shape)
     benchmark = {"nyuv2": NYUV2, "cityscapes": CITYSCAPES}[name]
 
-    def metrics(model, test_set, device):
-        return dense_metrics(model, test_batches(test_set, 4), spec.n_classes, benchmark, spec.rel_scale, device)
-
-    return MTLData(train, test, spec.tasks, spec.n_classes, metrics)
+    metrics = partial(dense_metrics, n_classes=spec.n_classes, benchmark=benchmark, rel_scale=spec.rel_scale)
+    return MTLData(train, test, spec.tasks, spec.n_classes, metrics, eval_batch=4)
 
 
 # registry entries (catalog.DATASETS): ``(dataset settings) -> MTLData``
@@ -82,10 +76,8 @@ cityscapes = partial(_dense, "cityscapes")
 def mtl_digits(cfg=None) -> MTLData:
     from .evaluate import classification_metrics
 
-    def metrics(model, test_set, device):
-        return classification_metrics(model, test_batches(test_set, 512), len(test_set), DigitPairs.tasks, device)
-
-    return MTLData(DigitPairs("train"), DigitPairs("test"), DigitPairs.tasks, DigitPairs.n_classes, metrics)
+    return MTLData(DigitPairs("train"), DigitPairs("test"), DigitPairs.tasks, DigitPairs.n_classes,
+                   partial(classification_metrics, tasks=DigitPairs.tasks), eval_batch=512)
 
 
 def random_scale_crop(image, label, depth, normal, generator, scales=(1.0, 1.2, 1.5)):

@@ -9,12 +9,14 @@ from .metrics import ConfusionMatrix, delta_m, depth_errors, normal_angles, norm
 
 
 @torch.no_grad()
-def classification_metrics(model, batches, n: int, tasks, device) -> dict[str, float]:
-    """Each task's accuracy (percent) and their mean, over the ``n`` test samples in ``batches``."""
+def classification_metrics(model, batches, device, tasks) -> dict[str, float]:
+    """Each task's accuracy (percent) and their mean, over the test samples in ``batches``."""
     model.eval()
     # counted on the device and read once at the end (as the DG evaluation): no host wait per batch
     correct = torch.zeros(len(tasks), dtype=torch.long, device=device)
+    n = 0
     for x, y in batches:
+        n += len(x)
         out = model(x.to(device))
         for i, t in enumerate(tasks):
             correct[i] += (out[t].argmax(1) == y[t].to(device)).sum()
@@ -25,7 +27,7 @@ def classification_metrics(model, batches, n: int, tasks, device) -> dict[str, f
 
 
 @torch.no_grad()
-def dense_metrics(model, batches, n_classes: int, benchmark, rel_scale: float, device) -> dict[str, float]:
+def dense_metrics(model, batches, device, n_classes: int, benchmark, rel_scale: float) -> dict[str, float]:
     """Table 2's metrics and Δm. ``rel_scale``: Table 2 states Cityscapes' relative depth error in percent
     (STL 27.77) and NYU-v2's as a fraction (0.2780)."""
     model.eval()
