@@ -7,7 +7,8 @@ serves every environment (torch's DataLoader: worker processes started once, in-
 for a CUDA device); ``workers: 0`` loads in the training process, the same items in the same order.
 
 Not for: in-memory datasets (the embedded digits): their batches are tensor slices, cheaper than any transfer.
-Multi-task batches go through it too (``load=mtl.data.task_batch``), an epoch at a time.
+Multi-task batches go through it too (``load=mtl.data.task_batch``): training an epoch at a time, the test set at
+each evaluation.
 """
 
 from __future__ import annotations
