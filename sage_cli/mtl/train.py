@@ -65,8 +65,9 @@ class MTLTask:
         self.pipeline = Pipeline([data.train], runtime.workers, pin_memory=device.type == "cuda",
                                  persistent=True, load=task_batch)
         self._batches = None
-        # the test set through workers of its own, kept between evaluations (NYU-v2's 654 samples take ~2 s to
-        # read in this process, longer than a GPU's forward passes over them)
+        # the test set through workers of its own, kept between evaluations: read in this process, NYU-v2's 654
+        # samples cost ~1.5 s of the training process at every evaluation (2.2 ms each, measured on 288×384);
+        # received from workers, 1.1 ms each
         self.test_items = [Item.of(0, indices) for indices in data.test_indices()]
         self.test_pipeline = Pipeline([data.test], 0 if in_memory([data.test]) else runtime.workers,
                                       pin_memory=device.type == "cuda", persistent=True, load=task_batch)
