@@ -2,6 +2,7 @@
 mid-way with batches prefetched resumes bit-identically, and evaluation through the uint8 cache gives exactly
 the accuracies of decoding with torchvision's ToTensor + Normalize (the pipeline before the cache)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -231,7 +232,7 @@ def test_pipeline_error_in_a_worker_is_one_line(tmp_path):
 
 
 _SERVER_IMPORTS = """
-import sys, time
+import json, sys, time
 from pathlib import Path
 from sage_cli.catalog import card
 from sage_cli.data.domainbed import FolderDataset
@@ -250,7 +251,7 @@ if __name__ == "__main__":
         maps = Path(f"/proc/{server}/maps").read_text()
         wanted = {lib: lib in maps for lib in wanted}
         time.sleep(0.2)
-    print(sorted(lib for lib, found in wanted.items() if found), len(children(server)))
+    print(json.dumps({"loaded": sorted(lib for lib, found in wanted.items() if found), "workers": len(children(server))}))
 """
 
 
@@ -258,8 +259,8 @@ def test_workers_fork_from_a_server_that_already_imported_what_they_need(root):
     # each worker importing torch, torchvision and PIL itself costs ~4 s of CPU; the pool's fork server does it
     # once, as soon as the pool exists (before its first item, while the run sets up)
     out = subprocess.run([sys.executable, "-c", _SERVER_IMPORTS, str(root)], capture_output=True, text=True,
-                         timeout=180, check=True).stdout.split()
-    assert out == ["['PIL/_imaging',", "'libtorch_cpu',", "'torchvision/_C']", "0"]  # loaded; no worker forked yet
+                         timeout=180, check=True).stdout
+    assert json.loads(out) == {"loaded": ["PIL/_imaging", "libtorch_cpu", "torchvision/_C"], "workers": 0}
 
 
 def test_mtl_batches_through_the_workers_are_the_same(tmp_path):
