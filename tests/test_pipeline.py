@@ -238,15 +238,23 @@ from sage_cli.catalog import card
 from sage_cli.data.domainbed import FolderDataset
 from sage_cli.data.pipeline import Pipeline
 
+def read(path):
+    try:
+        return path.read_bytes()
+    except OSError:  # a thread or a short-lived child that ended meanwhile
+        return b""
+
 def children(pid):
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in read(t / "children").split()]
 
 if __name__ == "__main__":
     pipeline = Pipeline(FolderDataset(sys.argv[1], 32, card=card("pacs")).datasets, 2)  # nothing streamed yet
-    server = next(c for c in children("self")
-                  if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes())
-    wanted = {"libtorch_cpu": False, "PIL/_imaging": False, "torchvision/_C": False}
     deadline = time.monotonic() + 120
+    # the server's command line, spelt in two pieces: a child forked but not yet exec'd shows this script's
+    server, needle = None, b"from multiprocessing." + b"forkserver import main"
+    while server is None and time.monotonic() < deadline:
+        server = next((c for c in children("self") if needle in read(Path(f"/proc/{c}/cmdline"))), None)
+    wanted = {"libtorch_cpu": False, "PIL/_imaging": False, "torchvision/_C": False}
     while not all(wanted.values()) and time.monotonic() < deadline:
         maps = Path(f"/proc/{server}/maps").read_text()
         wanted = {lib: lib in maps for lib in wanted}
@@ -258,9 +266,10 @@ if __name__ == "__main__":
 def test_workers_fork_from_a_server_that_already_imported_what_they_need(root):
     # each worker importing torch, torchvision and PIL itself costs ~4 s of CPU; the pool's fork server does it
     # once, as soon as the pool exists (before its first item, while the run sets up)
-    out = subprocess.run([sys.executable, "-c", _SERVER_IMPORTS, str(root)], capture_output=True, text=True,
-                         timeout=180, check=True).stdout
-    assert json.loads(out) == {"loaded": ["PIL/_imaging", "libtorch_cpu", "torchvision/_C"], "workers": 0}
+    proc = subprocess.run([sys.executable, "-c", _SERVER_IMPORTS, str(root)], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"loaded": ["PIL/_imaging", "libtorch_cpu", "torchvision/_C"], "workers": 0}
 
 
 def test_mtl_batches_through_the_workers_are_the_same(tmp_path):
