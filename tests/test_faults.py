@@ -290,3 +290,49 @@ def test_many_newton_schulz_steps_stay_bounded(tmp_path):
             assert torch.isfinite(q).all() and float(s.max()) < 1.2, (steps, float(s.max()))
     done = run(tmp_path, "--set", "optimizer.ns_steps=100")
     assert done.returncode == 0, done.stderr[-1500:]
+
+
+@pytest.mark.parametrize("next_step_fails", [False, True])
+def test_a_diverged_step_is_read_one_step_late_named_and_never_saved(tmp_path, monkeypatch, next_step_fails):
+    """The loop reads a step's loss only once the next step is queued (on a GPU, the host never waits between
+    steps), but before anything is evaluated or saved: the run stops naming the step whose loss was NaN, its
+    last checkpoint is the one before. A step that fails on the NaNs it was handed reports the divergence."""
+    import torch
+
+    from sage_cli.errors import TrainingDiverged
+    from sage_cli.train.checkpoint import results_path
+    from sage_cli.train.dg import DGTask, train_dg
+
+    events = []
+
+    class Loss:  # the step's loss, noting when the loop reads it
+        def __init__(self, step, value):
+            self.step, self.value = step, value
+
+        def __float__(self):
+            events.append(f"read {self.step}")
+            return float(self.value)
+
+    real = DGTask.step
+
+    def step(self, i):
+        if i == 3:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.fill_(float("nan"))
+        if i == 4 and next_step_fails:
+            raise RuntimeError("linalg.eigh failed to converge")
+        loss, stats = real(self, i)
+        events.append(f"step {i}")
+        return Loss(i, loss), stats
+
+    monkeypatch.setattr(DGTask, "step", step)
+    recipe = load_recipe(QUICKSTART, {"training.steps": 8, "training.checkpoint_freq": 2, "training.batch_size": 8})
+    with pytest.raises(TrainingDiverged) as exc:
+        train_dg(recipe, checkpoint_path=tmp_path / "checkpoint.pt")
+    assert exc.value.step == 3 and "nan" in str(exc.value)
+    # step 1's loss read after step 2 ran; step 2's before position 2 is evaluated; step 3's after step 4
+    assert events == ["step 0", "read 0", "step 1", "step 2", "read 1", "read 2", "step 3"] + (
+        ["read 3"] if next_step_fails else ["step 4", "read 3"])
+    rows = [json.loads(line) for line in results_path(tmp_path / "checkpoint.pt").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2]

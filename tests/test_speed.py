@@ -176,3 +176,13 @@ def test_bench_bad_input_is_one_line_exit_2(args, message):
         pytest.skip("a CUDA device is visible")
     proc = subprocess.run([SAGE_BIN, "bench", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("model, sizes", [("small_cnn", {}), ("mtan", {"image_size": (32, 32)})])
+def test_a_step_reads_from_the_device_only_what_it_needs(model, sizes):
+    """On a GPU each read of a number waits for the device: ERM reads none, SAM its ‖ḡ‖ (ε's scale), SAGE its
+    agreement S (β's); the loss and the norms stay on the device until a checkpoint averages them. MTAN with LS:
+    SAGE once read ∂T/∂L_k per parameter and task (1,189 reads a step)."""
+    from sage_cli.speed.ops import count
+
+    assert {name: c["host_syncs"] for name, c in count(model, **sizes).items()} == {"erm": 0, "sam": 1, "sage": 1}

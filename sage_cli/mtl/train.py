@@ -81,7 +81,7 @@ class MTLTask:
             n = len(self.data.train)
             self.order = torch.randperm(n, generator=self.sampler)
             self.seeds = torch.randint(2**31 - 1, (n,), generator=self.sampler)
-            self.sums = torch.zeros(len(self.data.tasks))
+            self.sums = torch.zeros(len(self.data.tasks), device=self.device)  # on the device: no sync per step
             self.epoch_start = time.perf_counter()
             rows = [slice(i, i + self.batch_size) for i in range(0, n, self.batch_size)]
             self.epoch.items = [Item.of(0, self.order[r], self.seeds[r]) for r in rows]
@@ -100,8 +100,8 @@ class MTLTask:
         if torch.isfinite(losses).all() and self.aggregator.wants_losses_after_update:
             with torch.no_grad(), frozen_norm_stats(model):  # FAMO: how much each task improved on this batch
                 self.aggregator.after_update(losses, closure())
-        self.sums += losses.detach().cpu()
-        return float(losses.sum()), self.optimizer.stats
+        self.sums += losses.detach()
+        return losses.sum(), self.optimizer.stats
 
     def close(self) -> None:
         self._batches = None
@@ -122,7 +122,7 @@ class MTLTask:
         return step // self.per_epoch if (step + 1) % self.per_epoch == 0 else None
 
     def evaluate(self, epoch: int, window: dict[str, float]) -> Record:
-        mean_losses = self.sums / self.per_epoch
+        mean_losses = self.sums.cpu() / self.per_epoch
         self.aggregator.end_epoch(mean_losses)
         self.scheduler.step()
         metrics = {f"loss_{t}": float(v) for t, v in zip(self.data.tasks, mean_losses)}

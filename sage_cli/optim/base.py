@@ -16,11 +16,12 @@ import torch
 from .grads import (
     as_loss_vector,
     frozen_norm_stats,
-    global_norm,
     grads_of,
     loss_weights,
+    norm_of,
     weighted_sum,
 )
+from .stats import StepStats
 
 
 def _check_non_negative(**values):
@@ -71,7 +72,7 @@ class WrappedOptimizer(torch.optim.Optimizer):
         self.model = model  # only used to keep BatchNorm statistics out of extra forwards
         # MTL: how per-task losses become one gradient (sage_cli.mtl.aggregators); None: their weighted mean.
         self.aggregator = aggregator
-        self.stats: dict[str, float] = {}
+        self.stats = StepStats()  # read as floats; kept unread on the device until then
 
     def combined_gradients(self, losses, weights, params, per_task=None, gram=None) -> list:
         """The gradient to follow: the aggregator's, or that of the weighted mean of the losses. ``gram``: the
@@ -132,7 +133,7 @@ class SinglePassOptimizer(WrappedOptimizer):
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.grad = g
-        self.stats = {"loss": float(loss.detach()), "grad_norm": global_norm(grads)}
+        self.stats = StepStats(loss=loss, grad_norm=norm_of(grads))
         self.adjust_gradients(params)
         self.base_optimizer.step()
         return losses.detach()
@@ -185,12 +186,8 @@ class TwoPassOptimizer(WrappedOptimizer):
         self._clean_grads = grads
         self._anchor = Anchor(params)
         self._anchor.move(eps)
-        self.stats = {
-            "loss": float((w * losses).sum().detach()),
-            "grad_norm": global_norm(grads),
-            "perturbation_norm": global_norm(eps),
-            **extra,
-        }
+        self.stats = StepStats(loss=(w * losses).sum(), grad_norm=norm_of(grads), perturbation_norm=norm_of(eps),
+                               **extra)
 
     def second_step(self, losses, weights=None) -> None:
         """Gradient of the aggregate loss at θ+ε, restore θ bit-exactly, add β·ξ, base step."""
@@ -206,7 +203,7 @@ class TwoPassOptimizer(WrappedOptimizer):
         self._anchor = None
         add_noise(self, params, grads)
         self.base_optimizer.step()
-        self.stats["perturbed_loss"] = float(perturbed_loss.detach())
+        self.stats["perturbed_loss"] = perturbed_loss
 
     def sharpness(self, closure, weights=None) -> float:
         """L(θ+ε) − L(θ) for this optimizer's ε, with θ restored and no update (App. D's measurement)."""

@@ -84,11 +84,17 @@ def mean_pairwise_cosine(per_dist: list[list[torch.Tensor]]) -> float:
     return mean_cosine(gram_matrix(per_dist)) if len(per_dist) > 1 else 1.0
 
 
-def global_norm(tensors) -> float:
+def norm_of(tensors) -> torch.Tensor:
+    """‖(t_1, …, t_n)‖₂ over all the tensors together, as a 0-dim float32 tensor (not read: no host sync)."""
     tensors = [t for t in tensors if t is not None]
     if not tensors:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+
+
+def global_norm(tensors) -> float:
+    """``norm_of`` read as a float: for a step that needs the number (SAM's ε = ρ ḡ/‖ḡ‖)."""
+    return float(norm_of(tensors))
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from .grads import (
     grads_of,
     loss_weights,
     mean_pairwise_cosine,
+    weighted_sum,
 )
 from .noise import NoiseSource
 from .sage import AgreementNoise, SpectralAscent
@@ -251,8 +252,9 @@ class SAGESAMO(SAMO):
         heads = [_heads(task, shared) for task in per_task]
         filled = zero_filled(per_task, params)
         shared_idx = [i for i, s in enumerate(shared) if s]
-        global_grad = {i: sum(float(wk) * task[i] for wk, task in zip(weights, filled)) for i in shared_idx}
-        agreement = mean_pairwise_cosine([[task[i] for i in shared_idx] for task in filled])
+        shared_grads = [[task[i] for i in shared_idx] for task in filled]
+        global_grad = dict(zip(shared_idx, weighted_sum(shared_grads, weights)))
+        agreement = mean_pairwise_cosine(shared_grads)
         return global_grad, heads, self.descent_noise.set_agreement(agreement)
 
     def perturbation(self, params, direction, shared):

@@ -90,4 +90,4 @@ class DISAM(SAM):
         mean = (weights * losses).sum()
         variance = ((losses - losses.mean()) ** 2).mean()
         grads = grads_of(mean - self.setting("variance_weight") * variance, params)
-        return grads, {"domain_loss_variance": float(variance.detach())}
+        return grads, {"domain_loss_variance": variance}

@@ -196,19 +196,24 @@ class Window:
     the training state, so a run stopped between two checkpoints averages the same steps once resumed."""
 
     def __init__(self):
-        self.values: dict[str, list[float]] = {}
+        self.values: dict[str, list] = {}
 
-    def add(self, key: str, value: float) -> None:
-        self.values.setdefault(key, []).append(float(value))
+    def add(self, key: str, value) -> None:
+        """``value``: a float, or a 0-dim tensor read only when the window is averaged or saved (reading a
+        device's tensor waits for the device: once per checkpoint, not once per step)."""
+        self.values.setdefault(key, []).append(value.detach() if isinstance(value, torch.Tensor) else float(value))
+
+    def _floats(self) -> dict[str, list[float]]:
+        return {k: [float(x) for x in v] for k, v in self.values.items()}
 
     def means(self) -> dict[str, float]:
-        return {k: sum(v) / len(v) for k, v in self.values.items() if v}
+        return {k: sum(v) / len(v) for k, v in self._floats().items() if v}
 
     def clear(self) -> None:
         self.values = {}
 
     def state_dict(self) -> dict:
-        return {"values": {k: list(v) for k, v in self.values.items()}}
+        return {"values": self._floats()}
 
     def load_state_dict(self, state: dict) -> None:
         self.values = {k: list(v) for k, v in state["values"].items()}

@@ -370,7 +370,7 @@ class DGTask:
             blocks = batch_blocks([len(x) for x in xs]) if objective.separable else nullcontext()
             with blocks:
                 losses = self.optimizer.step(closure, weights=weights)
-        loss = float(losses.mean())
+        loss = losses.mean()  # read by the loop one step later (no host sync here)
         objective.after_step(step)
         self.losses.add("loss", loss)
         return loss, getattr(objective, "inner_stats", None) or self.optimizer.stats

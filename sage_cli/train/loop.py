@@ -18,6 +18,7 @@ import torch
 
 from ..errors import Preempted, TrainingDiverged
 from ..faults import pause_at
+from ..optim.stats import unread
 from ..recipe import Recipe
 from .checkpoint import Record, Window, restore_training_state, save_training_state, write_results
 from .runtime import Runtime, configure
@@ -126,19 +127,26 @@ def _train(recipe, task, data, on_checkpoint, progress, checkpoint_path, extra_s
 
     if resumed_from is None and not task.resumable_anywhere:
         save(-1, -1)  # the initial state: a stop before the first evaluation also resumes, in the same run
+    divergence = _Divergence()
     for step in range(task.first_step(resumed_from or 0), total):
         t0 = time.perf_counter()
-        loss, stats = task.step(step)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(step, loss)
+        try:
+            loss, stats = task.step(step)
+        except Exception:
+            divergence.settle()  # a step after a diverged one may fail on its NaNs: the divergence is the news
+            raise
+        divergence.after(step, loss)
+        # on a GPU: queueing this step and waiting for the previous one to end, which averages to a step's time
         window.add("step_time", time.perf_counter() - t0)
+        values = unread(stats)
         for key in STAT_KEYS:
-            if key in stats:
-                window.add(key, stats[key])
+            if key in values:
+                window.add(key, values[key])
         if progress is not None:
             progress(step)
         position = task.position_at(step)
         if position is not None:
+            divergence.settle()
             record = task.evaluate(position, window.means())
             window.clear()
             every = recipe.diagnostics.every
@@ -157,6 +165,7 @@ def _train(recipe, task, data, on_checkpoint, progress, checkpoint_path, extra_s
             save(position, step)
             pause_at("checkpoint", position)
         if should_stop is not None and should_stop() and step < total - 1:
+            divergence.settle()
             if position is not None:
                 raise Preempted(position)  # saved just now
             if task.resumable_anywhere:
@@ -165,4 +174,31 @@ def _train(recipe, task, data, on_checkpoint, progress, checkpoint_path, extra_s
             # a preemption's grace is shorter than an NYU-v2 epoch: MTL stops now and redoes this epoch from the
             # last one saved (its order and seeds come from the saved sampler: the same epoch)
             raise Preempted(last_position)
+    divergence.settle()
     return TrainResult(history, task.model, task.optimizer, data, resumed_from)
+
+
+class _Divergence:
+    """The check for a non-finite loss, one step late. Reading a step's loss waits for the device to finish
+    that step; read after the next step is queued, the device is never idle while the host reads it. Settled
+    (the last loss read) before anything is evaluated, saved or returned: a diverged state is never saved, and
+    ``TrainingDiverged`` names the step whose loss it was."""
+
+    def __init__(self):
+        self.pending = None  # (step, loss) not yet read
+
+    def after(self, step: int, loss) -> None:
+        previous, self.pending = self.pending, (step, loss)
+        if previous is not None:
+            _check_finite(*previous)
+
+    def settle(self) -> None:
+        previous, self.pending = self.pending, None
+        if previous is not None:
+            _check_finite(*previous)
+
+
+def _check_finite(step: int, loss) -> None:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise TrainingDiverged(step, value)

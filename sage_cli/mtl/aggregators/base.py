@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ...optim.grads import flatten, grads_of, gram_matrix, per_distribution_grads
+from ...optim.grads import flatten, grads_of, gram_matrix, per_distribution_grads, weighted_sum
 
 
 def setting(cfg, name):
@@ -87,12 +87,10 @@ class LossWeighting(Aggregator):
         with torch.enable_grad():
             coeffs = torch.autograd.grad(self.total_loss(L), [L, *own], allow_unused=True)
         dL, own_grads = coeffs[0], {id(p): g for p, g in zip(own, coeffs[1:])}
-        out = []
+        out = weighted_sum(per_task, dL)  # ∂T/∂L read once (a host sync per parameter and task was 1,188 on MTAN)
         for i, p in enumerate(params):
             if id(p) in own_grads:
-                out.append(own_grads[id(p)] if own_grads[id(p)] is not None else torch.zeros_like(p))
-            else:
-                out.append(sum(float(dL[k]) * task[i] for k, task in enumerate(per_task)))
+                out[i] = own_grads[id(p)] if own_grads[id(p)] is not None else torch.zeros_like(p)
         return out
 
 
