@@ -188,9 +188,8 @@ class _Divergence:
         self.pending = None  # (step, loss) not yet read
 
     def after(self, step: int, loss) -> None:
-        previous, self.pending = self.pending, (step, loss)
-        if previous is not None:
-            _check_finite(*previous)
+        self.settle()
+        self.pending = (step, loss)
 
     def settle(self) -> None:
         previous, self.pending = self.pending, None
