@@ -3,6 +3,8 @@
 - `sage --help` wall time, median of 10 (target ≤ 0.3 s: heavy imports are lazy)
 - quickstart wall time in an empty folder (target ≤ 60 s on 2 cores)
 - quickstart target-env accuracy of ERM, SAM and SAGE at seed 0
+- a short `sage run`'s time from its last line to its end, through the entry point (which skips the shutdown's
+  collections: sage_cli/shutdown.py) and through the bare app, interleaved, medians of 3
 - `--dry-run` of a 1,000-job sweep (target ≤ 2 s)
 - submitting 1,000 jobs to SLURM as arrays, held so none runs, then cancelled (target ≤ 10 s; needs a
   cluster: scripts/slurm-up.sh)
@@ -48,6 +50,27 @@ def run_quickstart(*overrides: str) -> tuple[float, float]:
     return elapsed, acc
 
 
+def bench_exit(rows: list, reps: int = 3) -> None:
+    entry = [sys.executable, "-m", "sage_cli"]
+    bare = [sys.executable, "-c", "from sage_cli.cli import app; app(prog_name='sage')"]  # no leave_quickly()
+    run = ["run", QUICKSTART, "--set", "training.steps=20", "--set", "training.checkpoint_freq=10", "--force"]
+    tails = {"entry": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "SAGE_SWEEPS": str(Path(tmp) / "sweeps")}
+        for _ in range(reps):
+            for name, cmd in (("entry", entry), ("bare", bare)):
+                proc = subprocess.Popen(cmd + run, cwd=tmp, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+                last = time.perf_counter()
+                for _line in proc.stdout:
+                    last = time.perf_counter()
+                if proc.wait() != 0:
+                    raise SystemExit(f"{' '.join(cmd + run)} failed")
+                tails[name].append(time.perf_counter() - last)
+    entry_s, bare_s = (statistics.median(tails[k]) for k in ("entry", "bare"))
+    rows.append(("sage run: last line to exit (entry point)", f"{entry_s:.2f} s", f"bare app: {bare_s:.2f} s"))
+
+
 THOUSAND = ["ablate", QUICKSTART, "--rho", ",".join(f"{i}e-4" for i in range(1, 11)),
             "--gamma", ",".join(f"{i}e-5" for i in range(1, 11)), "--seeds", ",".join(map(str, range(10)))]
 
@@ -84,6 +107,7 @@ def main() -> None:
     rows = []
     bench_sweeps(rows)
     help_s = bench_help()
+    bench_exit(rows)
     rows.append(("sage --help (median of 10)", f"{help_s:.3f} s", "≤ 0.3 s"))
     wall, sage_acc = run_quickstart()
     rows.append(("quickstart wall (SAGE, 400 steps)", f"{wall:.1f} s", "≤ 60 s"))

@@ -562,6 +562,10 @@ def main() -> None:
         text = str(exc).strip().splitlines()
         typer.echo(f"error: the MLflow store failed: {(text[0] if text else type(exc).__name__)[:300]}", err=True)
         sys.exit(2)
+    finally:
+        from .shutdown import leave_quickly
+
+        leave_quickly()  # the process's own entry point: nothing runs after this
 
 
 if __name__ == "__main__":

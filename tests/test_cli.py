@@ -151,6 +151,20 @@ def test_help_imports_no_heavy_library():
     assert helped.returncode == 0 and "run" in helped.stdout and "validate" in helped.stdout
 
 
+def test_the_entry_point_leaves_without_the_shutdowns_collections_and_an_in_process_call_keeps_its_collector():
+    """`sage` hands its objects to the permanent generation as it ends (its shutdown skips collecting torch's and
+    MLflow's graphs); its exit status is kept. A caller in the same process (CliRunner here) is left as it was."""
+    import gc
+
+    code = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count())); "
+            "sys.argv = ['sage', 'validate', 'missing.yaml']; from sage_cli.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "missing.yaml" in proc.stderr, proc.stderr
+    assert int(proc.stdout.split("frozen")[-1]) > 10_000, proc.stdout  # every object it made, not a few
+    assert CliRunner().invoke(app, ["--version"]).exit_code == 0 and gc.get_freeze_count() == 0
+
+
 # ------------------------------------------------------------- what a newcomer trips on (issue: small things)
 
 

@@ -105,6 +105,10 @@ class SweepJob(submitit.helpers.Checkpointable):
         except UserError as exc:  # one line in the job's log, not a traceback; SLURM marks the job FAILED
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(exc.exit_code) from None
+        finally:
+            from ..shutdown import leave_quickly
+
+            leave_quickly()  # submitit only records the outcome (or requeues) and ends this process after us
         return outcome.run_id
 
 
