@@ -15,6 +15,8 @@ from sage_cli.mtl.models import DigitPairsNet
 from sage_cli.optim import SAGE
 from sage_cli.recipe import load_recipe
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SAGE_BIN = str(Path(sys.executable).parent / "sage")
 
 
@@ -188,3 +190,22 @@ def test_a_step_reads_from_the_device_only_what_it_needs(model, sizes):
     from sage_cli.speed.ops import count
 
     assert {name: c["host_syncs"] for name, c in count(model, **sizes).items()} == {"erm": 0, "sam": 1, "sage": 1}
+
+
+@pytest.mark.parametrize("recipe", ["quickstart", "mtl_quickstart"])
+def test_a_runs_whole_training_step_reads_from_the_device_only_what_its_optimizer_needs(recipe):
+    """Beyond the optimizer step: the batch, the task's loss sums, FAMO's test for finite losses (which once ran
+    for every aggregator: one read a step)."""
+    from sage_cli.speed.ops import task_syncs
+    from sage_cli.train.runner import protocol_for
+    from sage_cli.train.runtime import Runtime
+
+    found = {}
+    for method in ("erm", "sage"):
+        loaded = load_recipe(ROOT / "recipes" / f"{recipe}.yaml", {"optimizer.method": method})
+        protocol = protocol_for(loaded)
+        task = protocol.start(loaded, protocol.load(loaded), Runtime.plain("cpu"))
+        task.step(0), task.step(1)  # warm-up: SAGE's one-time check of its fast path
+        found[method] = task_syncs(task, 2)
+        getattr(task, "close", lambda: None)()
+    assert found == {"erm": 0, "sage": 1}

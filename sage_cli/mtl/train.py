@@ -97,7 +97,8 @@ class MTLTask:
                 return torch.stack([task_loss(t, out[t], y[t]) for t in tasks])
 
         losses = self.optimizer.step(closure)
-        if torch.isfinite(losses).all() and self.aggregator.wants_losses_after_update:
+        # FAMO's test first: whether the losses are finite is a read from the device, which the others never need
+        if self.aggregator.wants_losses_after_update and torch.isfinite(losses).all():
             with torch.no_grad(), frozen_norm_stats(model):  # FAMO: how much each task improved on this batch
                 self.aggregator.after_update(losses, closure())
         self.sums += losses.detach()

@@ -1,7 +1,8 @@
 """Kernel launches and host syncs of one optimizer step, counted: every ATen op a step dispatches (on a GPU,
 about one kernel launch each) and the ``_local_scalar_dense`` ones among them (a tensor read into Python —
 ``float(t)``, ``.item()`` — which on a GPU waits for the device). Counts, not times: the same on any machine,
-so they show what a change to the hot path removed (``bench/step_ops.py``; a test holds the syncs)."""
+so they show what a change to the hot path removed (``bench/step_ops.py``; tests hold the syncs of an optimizer
+step and of a run's whole training step)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,22 @@ def count(model_name: str, freeze_bn: bool = True, **workload) -> dict:
         closure = work.closure_for(model)
         with batch_blocks(work.blocks) if work.blocks else nullcontext():  # MTL: one batch
             opt.step(closure)  # warm-up: SAGE's one-time check of its fast path
-            steps = [st["step"] for st in opt.base_optimizer.state.values() if torch.is_tensor(st.get("step"))]
-            with Count(steps) as c:
+            with Count(step_counters(opt)) as c:
                 opt.step(closure)
         out[name] = {"ops": sum(c.ops.values()), "host_syncs": c.ops["_local_scalar_dense"]}
     return out
+
+
+def step_counters(optimizer) -> list[torch.Tensor]:
+    """The base optimizer's step counters: torch keeps them on the CPU for a CUDA model too, so reading them is no
+    sync."""
+    base = getattr(optimizer, "base_optimizer", optimizer)
+    return [st["step"] for st in base.state.values() if torch.is_tensor(st.get("step"))]
+
+
+def task_syncs(task, step: int) -> int:
+    """Host syncs of one whole training step of a run (``task``: what a protocol's ``start`` returns, already past
+    its warm-up): its batch, its optimizer step and what the task keeps of the step (an MTL epoch's loss sums)."""
+    with Count(step_counters(task.optimizer)) as c:
+        task.step(step)
+    return c.ops["_local_scalar_dense"]
