@@ -192,20 +192,27 @@ def test_a_step_reads_from_the_device_only_what_it_needs(model, sizes):
     assert {name: c["host_syncs"] for name, c in count(model, **sizes).items()} == {"erm": 0, "sam": 1, "sage": 1}
 
 
-@pytest.mark.parametrize("recipe", ["quickstart", "mtl_quickstart"])
-def test_a_runs_whole_training_step_reads_from_the_device_only_what_its_optimizer_needs(recipe):
+METHODS = {"erm": {}, "sage": {}, "samo": {}, "fmtl": {}, "sage-samo": {"optimizer.perturbation": "samo"}}
+
+
+@pytest.mark.parametrize("recipe, reads", [("quickstart", {"erm": 0, "sage": 1}),
+                                           ("mtl_quickstart", {"erm": 0, "sage": 1, "samo": 0, "fmtl": 0,
+                                                               "sage-samo": 1})])
+def test_a_runs_whole_training_step_reads_from_the_device_only_what_its_optimizer_needs(recipe, reads):
     """Beyond the optimizer step: the batch, the task's loss sums, FAMO's test for finite losses (which once ran
-    for every aggregator: one read a step)."""
+    for every aggregator: one read a step); SAMO and F-MTL scale and clip on the device (they read 12–13 numbers a
+    step before); SAGE-SAMO reads its agreement S only."""
     from sage_cli.speed.ops import task_syncs
     from sage_cli.train.runner import protocol_for
     from sage_cli.train.runtime import Runtime
 
     found = {}
-    for method in ("erm", "sage"):
-        loaded = load_recipe(ROOT / "recipes" / f"{recipe}.yaml", {"optimizer.method": method})
+    for name in reads:
+        method = name.split("-")[0]
+        loaded = load_recipe(ROOT / "recipes" / f"{recipe}.yaml", {"optimizer.method": method, **METHODS[name]})
         protocol = protocol_for(loaded)
         task = protocol.start(loaded, protocol.load(loaded), Runtime.plain("cpu"))
         task.step(0), task.step(1)  # warm-up: SAGE's one-time check of its fast path
-        found[method] = task_syncs(task, 2)
+        found[name] = task_syncs(task, 2)
         getattr(task, "close", lambda: None)()
-    assert found == {"erm": 0, "sage": 1}
+    assert found == reads

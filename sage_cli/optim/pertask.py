@@ -27,14 +27,15 @@ from .base import Anchor, WrappedOptimizer, _check_non_negative, add_noise
 from .grads import (
     as_loss_vector,
     frozen_norm_stats,
-    global_norm,
     grads_of,
     loss_weights,
     mean_pairwise_cosine,
+    norm_of,
     weighted_sum,
 )
 from .noise import NoiseSource
 from .sage import AgreementNoise, SpectralAscent
+from .stats import StepStats
 
 
 def task_gradients(losses: torch.Tensor, params: list[torch.Tensor]) -> list[list[torch.Tensor | None]]:
@@ -83,7 +84,7 @@ class PerTaskSharpness(WrappedOptimizer):
             if not group:
                 continue
             t = {i: params[i].detach().abs() if adaptive else 1.0 for i in group}
-            norm = global_norm([t[i] * direction[i] for i in group])
+            norm = norm_of([t[i] * direction[i] for i in group]).double()  # as float(): no read from the device
             rhos = self.per_param("rho")
             for i in group:
                 eps[i] = direction[i] * (t[i] * t[i] if adaptive else 1.0) * (rhos[i] / (norm + 1e-12))
@@ -102,17 +103,19 @@ class PerTaskSharpness(WrappedOptimizer):
         with frozen_norm_stats(self.model):
             for k, direction in enumerate(directions):
                 eps = self.perturbation(params, direction, shared)
-                eps_norms.append(global_norm(list(eps.values())))
+                eps_norms.append(norm_of(list(eps.values())))
                 with anchor.at([eps.get(i) for i in range(len(params))]), torch.enable_grad():
                     loss_k = as_loss_vector(closure())[k]
                     perturbed.append(grads_of(loss_k, params))
-                perturbed_losses.append(float(loss_k.detach()))
+                perturbed_losses.append(loss_k.detach())
         grads = self.combine(losses, w, params, perturbed, clean)
         add_noise(self, params, grads)
         self.base_optimizer.step()
-        self.stats = {"loss": float((w * losses).sum().detach()), "grad_norm": global_norm(grads),
-                      "perturbation_norm": sum(eps_norms) / len(eps_norms),
-                      "perturbed_loss": float(sum(float(wk) * lk for wk, lk in zip(w, perturbed_losses))), **extra}
+        # statistics stay on the device (StepStats), summed in float64 and in order, as the floats they replace were
+        self.stats = StepStats(loss=(w * losses).sum(), grad_norm=norm_of(grads),
+                               perturbation_norm=sum(n.double() for n in eps_norms) / len(eps_norms),
+                               perturbed_loss=sum(wk * lk.double() for wk, lk in zip(w.double(), perturbed_losses)),
+                               **extra)
         return losses.detach()
 
 
@@ -215,10 +218,11 @@ class SAMO(PerTaskSharpness):
         K = losses.numel()
         with torch.no_grad():  # the reference: the shared update ×K ("to match the sum loss"), then clipped
             shared_grads = [g.mul_(K) for g, s in zip(grads, shared) if s]
-            norm = global_norm(shared_grads)
-            if self.max_norm > 0 and norm > self.max_norm:
+            if self.max_norm > 0:  # clipped on the device (× 1.0 when within the bound: exact), with no read
+                norm = norm_of(shared_grads).double()
+                scale = torch.where(norm > self.max_norm, self.max_norm / (norm + 1e-6), 1.0)
                 for g in shared_grads:
-                    g.mul_(self.max_norm / (norm + 1e-6))
+                    g.mul_(scale)
         return grads
 
     def _extra_state(self) -> dict:
