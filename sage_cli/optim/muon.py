@@ -20,7 +20,8 @@ class MuonWithAdam(torch.optim.Optimizer):
             self.optimizers.append(torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, momentum=momentum,
                                                     ns_steps=ns_steps, adjust_lr_fn="match_rms_adamw"))
         if others:
-            self.optimizers.append(torch.optim.Adam(others, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps))
+            self.optimizers.append(torch.optim.Adam(others, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
+                                                    fused=True))
         # schedulers see (and scale) the groups of both inner optimizers
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 

@@ -56,9 +56,10 @@ def step_counters(optimizer) -> list[torch.Tensor]:
     return [st["step"] for st in base.state.values() if torch.is_tensor(st.get("step"))]
 
 
-def task_syncs(task, step: int) -> int:
-    """Host syncs of one whole training step of a run (``task``: what a protocol's ``start`` returns, already past
-    its warm-up): its batch, its optimizer step and what the task keeps of the step (an MTL epoch's loss sums)."""
+def task_ops(task, step: int) -> Counter:
+    """The ops, by name, of one whole training step of a run (``task``: what a protocol's ``start`` returns,
+    already past its warm-up): its batch, its optimizer step and what the task keeps of the step (an MTL epoch's
+    loss sums). Its host syncs: ``["_local_scalar_dense"]``."""
     with Count(step_counters(task.optimizer)) as c:
         task.step(step)
-    return c.ops["_local_scalar_dense"]
+    return c.ops

@@ -113,6 +113,7 @@ def optimizers(work: Workload, polar: str, ns_steps: int, polar_dtype: str, agre
     from ..optim import SAGE, SAM, SinglePassOptimizer
 
     sage = dict(rho=1e-4, gamma=1e-5, polar=polar, ns_steps=ns_steps, polar_dtype=polar_dtype)
+    base = dict(lr=1e-4, fused=True)  # a run's base optimizer (settings.methods: Method.base_kwargs)
 
     def with_aggregator(make):
         if not work.mtl:
@@ -127,12 +128,12 @@ def optimizers(work: Workload, polar: str, ns_steps: int, polar_dtype: str, agre
         return made
 
     methods = {
-        "erm": (lambda m: SinglePassOptimizer(m.parameters(), torch.optim.Adam, lr=1e-4, model=m), 1),
-        "sam": (lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.05, lr=1e-4, model=m), 1),
-        "sage": (lambda m: SAGE(m.parameters(), torch.optim.Adam, lr=1e-4, model=m, seed=0, **sage), 1),
+        "erm": (lambda m: SinglePassOptimizer(m.parameters(), torch.optim.Adam, model=m, **base), 1),
+        "sam": (lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.05, model=m, **base), 1),
+        "sage": (lambda m: SAGE(m.parameters(), torch.optim.Adam, model=m, seed=0, **sage, **base), 1),
     }
     if work.mtl and agreement_every > 1:
         methods[f"sage_every{agreement_every}"] = (
-            lambda m: SAGE(m.parameters(), torch.optim.Adam, lr=1e-4, model=m, seed=0,
-                           agreement_every=agreement_every, **sage), agreement_every)
+            lambda m: SAGE(m.parameters(), torch.optim.Adam, model=m, seed=0,
+                           agreement_every=agreement_every, **sage, **base), agreement_every)
     return {k: (with_aggregator(make), n) for k, (make, n) in methods.items()}
