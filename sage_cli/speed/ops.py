@@ -50,8 +50,9 @@ def count(model_name: str, freeze_bn: bool = True, **workload) -> dict:
 
 
 def step_counters(optimizer) -> list[torch.Tensor]:
-    """The base optimizer's step counters: torch keeps them on the CPU for a CUDA model too, so reading them is no
-    sync."""
+    """The base optimizer's step counters: an unfused torch optimizer keeps them on the CPU for a CUDA model too
+    and reads them each step, which is no sync (a run's fused one keeps them beside the parameters and never
+    reads them; an optimizer resumed from a checkpoint saved unfused reads them as before)."""
     base = getattr(optimizer, "base_optimizer", optimizer)
     return [st["step"] for st in base.state.values() if torch.is_tensor(st.get("step"))]
 
