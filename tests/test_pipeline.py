@@ -302,6 +302,7 @@ def test_a_run_prints_and_tags_what_it_resolved(root, tmp_path, monkeypatch):
                                       "dataset.workers=2", "--set", "training.steps=3", "--test-env", "0"])
     assert result.exit_code == 0, result.output
     assert "device cpu · precision tf32 (no TF32 on a CPU: fp32) · deterministic off · loader workers 2" in result.output
+    assert result.output.count("per-domain gradients: one backward pass for all domains") == 1  # said once, not per checkpoint
     run_id, uri = result.output.split("mlflow run ")[1].split()[0], result.output.split(" FINISHED in ")[1].split()[0]
     tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
     assert (tags["sage.device"], tags["sage.precision"], tags["sage.workers"]) == ("cpu", "tf32", "2")

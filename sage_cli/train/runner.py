@@ -113,6 +113,9 @@ def run_name(recipe: Recipe) -> str:
     return f"{recipe.label} · {recipe.dataset.name}{where} · seed {recipe.training.seed}"
 
 
+# the per-domain engine's paths (optim/per_domain.py), as the console says them once the first step took one
+PATH_LINES = {"one-backward": "one backward pass for all domains (checked against the exact path at the first step)",
+              "exact": "one backward pass per domain (exact path)"}
 GPU_EXPECTED = "SAGE_EXPECT_GPU"  # set by a launcher that gave the job a GPU
 
 
@@ -266,10 +269,17 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
 
     searching = recipe.kind == "dg" and recipe.tracking.draw is not None  # a random search's draw
 
+    paths_said = set()
+
     def on_checkpoint(ckpt):
         history.append(ckpt)
         if ckpt.tags:
             run.set_tags(ckpt.tags)
+            path = ckpt.tags.get("sage.per_domain_path")
+            if path and path not in paths_said:  # known after the first step only: said then, beside the start line
+                paths_said.add(path)
+                console.print(f"per-domain gradients: {PATH_LINES.get(path, path)}", soft_wrap=True, markup=False,
+                              highlight=False)
         metrics = {**ckpt.metrics, **(search_metrics(ckpt, data) if searching else {})}
         run.log_metrics(metrics, step=ckpt.step)
         # every row so far (the loop appends it to the run folder's file): an interrupted run keeps them
