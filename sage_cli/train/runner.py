@@ -113,6 +113,11 @@ def run_name(recipe: Recipe) -> str:
     return f"{recipe.label} · {recipe.dataset.name}{where} · seed {recipe.training.seed}"
 
 
+def _say(console: Console, line: str) -> None:
+    """One line as written: no wrapping (a log keeps it whole), no markup or highlighting of paths and numbers."""
+    console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
 # the per-domain engine's paths (optim/per_domain.py), as the console says them once the first step took one
 PATH_LINES = {"one-backward": "one backward pass for all domains (checked against the exact path at the first step)",
               "exact": "one backward pass per domain (exact path)"}
@@ -181,7 +186,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, restart: bool = F
     data = protocol.load(recipe)  # data errors surface before any MLflow run exists
     weights = prepare(recipe.backbone)  # so do missing weights; a tag is downloaded now when online
     if weights is not None:
-        console.print(weights.line(), soft_wrap=True, markup=False, highlight=False)
+        _say(console, weights.line())
     uri = resolve_tracking_uri(recipe.tracking.uri)
     check_store(uri)  # unreachable, unwritable or corrupt: one line, before any run (or run folder) exists
     if uri.startswith(("http://", "https://")):  # a server that goes away: a write fails fast and is kept
@@ -226,7 +231,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
     except UserError as exc:
         meta, notice, damaged = None, None, exc
     if notice:
-        console.print(notice, soft_wrap=True, markup=False, highlight=False)
+        _say(console, notice)
     if meta is not None and meta.get("recipe_hash", recipe.hash()) != recipe.hash():
         raise UserError(f"the checkpoint {ckpt_path} was saved for another recipe (identity "
                         f"{meta.get('recipe_hash')}, run {meta.get('run_id')}), not for this one ({recipe.hash()}): "
@@ -265,7 +270,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
     history = []
 
     runtime = runtime_for(recipe, protocol, data)
-    console.print(runtime.describe(), soft_wrap=True, markup=False, highlight=False)
+    _say(console, runtime.describe())
 
     searching = recipe.kind == "dg" and recipe.tracking.draw is not None  # a random search's draw
 
@@ -278,8 +283,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
             path = ckpt.tags.get("sage.per_domain_path")
             if path and path not in paths_said:  # known after the first step only: said then, beside the start line
                 paths_said.add(path)
-                console.print(f"per-domain gradients: {PATH_LINES.get(path, path)}", soft_wrap=True, markup=False,
-                              highlight=False)
+                _say(console, f"per-domain gradients: {PATH_LINES.get(path, path)}")
         metrics = {**ckpt.metrics, **(search_metrics(ckpt, data) if searching else {})}
         run.log_metrics(metrics, step=ckpt.step)
         # every row so far (the loop appends it to the run folder's file): an interrupted run keeps them
@@ -329,8 +333,7 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
                     line = protocol.status(ckpt, data)
                     progress.update(task, status=line)
                     if not console.is_terminal:  # a log (SLURM, `sage logs`, a redirect): the bar draws nothing
-                        console.print(log_line(ckpt.step, progress.tasks[0].completed, done, total, began, line),
-                                      soft_wrap=True, markup=False, highlight=False)
+                        _say(console, log_line(ckpt.step, progress.tasks[0].completed, done, total, began, line))
 
                 result = train(recipe, protocol, data=data, on_checkpoint=on_ckpt, progress=on_step,
                                checkpoint_path=ckpt_path, extra_state={"run_id": run.run_id, "tracking_uri": uri},
@@ -378,7 +381,6 @@ def _run_locked(recipe, protocol, data, weights, uri, ckpt_path, console, restar
             run.finish("FINISHED")
     console.print(table)
     if run.spooled:
-        console.print(f"the MLflow server at {uri} was unreachable: {run.spooled} records of this run are kept in "
-                      f"{run.spool.path}; `sage sync` sends them (so does the next `sage run` of this recipe)",
-                      soft_wrap=True, markup=False, highlight=False)
+        _say(console, f"the MLflow server at {uri} was unreachable: {run.spooled} records of this run are kept in "
+                     f"{run.spool.path}; `sage sync` sends them (so does the next `sage run` of this recipe)")
     return RunOutcome(run.run_id, uri, "FINISHED", line, final, spooled=run.spooled)
