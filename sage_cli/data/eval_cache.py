@@ -5,8 +5,10 @@ Evaluation is a resize, so its pixels never change; decoding every image of ever
 checkpoint is what made DomainNet cost ~24 minutes of CPU per checkpoint. The cache holds exactly what the
 evaluation transform produced, and the device normalises it, so accuracies are those of decoding (same pixels,
 same arithmetic). It is keyed by the dataset, the size and the image list (paths and labels): a folder that
-changes gets a new cache. Built atomically (a temporary folder renamed into place, under a lock so parallel
-jobs build it once), after a disk-space check.
+changes gets a new cache. Images overwritten in place under the same names do not: the key leaves out file
+sizes and times, so that a copy of the data root (to a node's local disk, without preserved times) keeps its
+cache. Built atomically (a temporary folder renamed into place, under a lock so parallel jobs build it once),
+after a disk-space check.
 
 Where: ``dataset.cache_dir``, else ``$SAGE_CACHE``, else ``<data root>/.sage-cache``.
 Not for: training images (augmented afresh every step) or in-memory datasets.
