@@ -4,6 +4,7 @@ training without changing it."""
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -107,6 +108,15 @@ def test_figure_2_trajectories_end_where_the_paper_says(tmp_path):
     assert ends == {"ERM": "A", "SAM": "A", "SGLD": "A", "SAGE": "B"}
     a, b = (landscape.agreement(torch.tensor(p, dtype=torch.float64)) for p in (landscape.A, landscape.B))
     assert a < -0.9 and b > 0.9  # the domains disagree at A, agree at B
+
+
+def test_figures_hand_matplotlib_arrays_not_tensors():
+    # matplotlib converts with np.array(copy=False), which Tensor.__array__ does not take: a DeprecationWarning in
+    # NumPy 2 that later NumPy turns into an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        image = landscape.figure([landscape.trajectory("ERM", steps=5)])
+    assert image[:4] == b"\x89PNG"
 
 
 def test_figure_2_and_appendix_d_commands_write_their_figures(tmp_path):

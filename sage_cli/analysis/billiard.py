@@ -40,8 +40,7 @@ def figure(found: Exploration) -> bytes:
     from ..plots import png, pyplot
 
     plt = pyplot()
-    xs, ys = torch.linspace(-2.0, 2.0, 161, dtype=torch.float64), torch.linspace(-1.5, 1.5, 121, dtype=torch.float64)
-    loss = landscape.aggregate(torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1))
+    xs, ys, loss = landscape.plane(landscape.aggregate)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     shaded = ax.contourf(xs, ys, loss, levels=30, cmap="Greys_r")
     fig.colorbar(shaded, ax=ax, label="aggregate loss L̄", shrink=0.85)

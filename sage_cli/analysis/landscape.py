@@ -91,14 +91,20 @@ def run(seed: int = 0) -> list[Trajectory]:
     return [trajectory(label, seed) for label in METHODS]
 
 
+def plane(*fields):
+    """The figures' window on the plane: its axes and each field (a function of (..., 2) points) on the grid, as
+    NumPy arrays. matplotlib turns tensors into arrays through ``np.array(copy=False)``, which Tensor.__array__
+    does not take (a DeprecationWarning in NumPy 2)."""
+    xs, ys = torch.linspace(-2.0, 2.0, 161, dtype=torch.float64), torch.linspace(-1.5, 1.5, 121, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)
+    return xs.numpy(), ys.numpy(), *(field(grid).numpy() for field in fields)
+
+
 def figure(trajectories: list[Trajectory]) -> bytes:
     from ..plots import png, pyplot
 
     plt = pyplot()
-    xs, ys = torch.linspace(-2.0, 2.0, 161, dtype=torch.float64), torch.linspace(-1.5, 1.5, 121, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)
-    loss = aggregate(grid)
-    S = agreement(grid)
+    xs, ys, loss, S = plane(aggregate, agreement)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.0))
     shaded = left.contourf(xs, ys, loss, levels=30, cmap="Greys_r")
     fig.colorbar(shaded, ax=left, label="aggregate loss L̄", shrink=0.85)
