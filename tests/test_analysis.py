@@ -112,7 +112,7 @@ def test_figure_2_trajectories_end_where_the_paper_says(tmp_path):
 
 def test_figures_hand_matplotlib_arrays_not_tensors():
     # matplotlib converts with np.array(copy=False), which Tensor.__array__ does not take: a DeprecationWarning in
-    # NumPy 2, which its migration guide says will become an error
+    # NumPy 2 (deprecated: a later NumPy may refuse it)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         image = landscape.figure([landscape.trajectory("ERM", steps=5)])
