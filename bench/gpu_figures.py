@@ -11,6 +11,9 @@ downloads bench/gpu-wheels.txt into .whl/ for CPython 3.12 on x86-64), then run 
       && PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 bench/gpu_figures.py --out $OUT
 
     python bench/gpu_figures.py --quick --device cpu --out /tmp/g   # the same stages, small, on a CPU
+
+``--data-benches vit_b16:tf32,resnet50:bf16`` runs only those ``sage bench --data`` stages: the rest of the grid
+when a first run brought back everything else (docs/gpu_figures_h200.jsonl holds both runs of 2026-12-04).
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ def bench(out: Path, stage: str, args: list[str], timeout: float) -> None:
     if "error" not in row:
         row["result"] = json.loads(proc.stdout.strip().splitlines()[-1])
     _record(out, row)
+
+
+def data_bench(out: Path, data: Path, model: str, extra: list[str], label: str = "") -> None:
+    """`sage bench --data` on the generated PACS folder with 8 loader workers."""
+    bench(out, f"sage bench --data, {model}{label}, 8 workers",
+          ["--data", str(data), "--dataset", "pacs", "--model", model, "--workers", "8", *extra], 300)
 
 
 def train(out: Path, data: Path, workers: int, steps: int, device: str, sets: list[str], timeout: float) -> None:
@@ -122,11 +131,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small_cnn benches and a ViT-Tiny run on 32² images: a check of the stages")
     parser.add_argument("--per-class", type=int, default=40, help="generated images per class and env")
     parser.add_argument("--steps", type=int, default=300, help="steps of each sage run")
+    parser.add_argument("--data-benches", metavar="MODEL:PRECISION,…",
+                        help="only `sage bench --data` for these pairs, in this order (e.g. vit_b16:tf32,resnet50:bf16): "
+                             "the rest of the grid when a first run has the other stages")
     args = parser.parse_args()
+    pairs = [p.split(":") for p in args.data_benches.split(",")] if args.data_benches else []
+    if not all(len(p) == 2 for p in pairs):
+        parser.error("--data-benches: MODEL:PRECISION pairs separated by commas")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_figures.jsonl").write_text("")
     dev = ["--device", args.device]
+    if pairs:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_pacs_like(Path(tmp), args.per_class)
+            for model, precision in pairs:
+                data_bench(out, Path(tmp), model, ["--precision", precision, *dev], f", {precision}")
+        return summary(out)
     if args.quick:  # every stage in about a minute: small_cnn benches, a ViT-Tiny run, 32² images, one timed step
         models, precisions, size, data_model = ["small_cnn"], ["fp32", "bf16"], ["--image-size", "32", "32"], "small_cnn"
         sets, per_class, steps = ["backbone.model=ViT-Tiny-16", "dataset.image_size=32"], min(args.per_class, 4), 6
@@ -142,9 +163,7 @@ def main() -> None:
         data = Path(tmp)
         print(f"generating {len(ENVS) * len(CLASSES) * per_class} JPEGs of 227² …", flush=True)
         make_pacs_like(data, per_class)  # data/PACS/…; the runs' store and folders go beside it
-        bench(out, f"sage bench --data, {data_model}, 8 workers",
-              ["--data", str(data), "--dataset", "pacs", "--model", data_model, "--workers", "8", *size, *dev,
-               *(["--batch", "4", "--steps", "2"] if args.quick else [])], 300)
+        data_bench(out, data, data_model, [*size, *dev, *(["--batch", "4", "--steps", "2"] if args.quick else [])])
         image_size = "32" if args.quick else "224"  # recipes/pacs.yaml's; built once, so no run pays for it
         proc, wall = _sage(["datasets", "prepare", "pacs", "--root", str(data), "--image-size", image_size], 300)
         _record(out, {"stage": "sage datasets prepare pacs (evaluation cache)", "wall_seconds": round(wall, 1),
